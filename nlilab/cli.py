@@ -1,0 +1,75 @@
+"""Command line: `nlilab validate`, `nlilab run`, `nlilab report`.
+
+User errors (NlilabError) print as one message and exit 2, without a traceback wall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import NlilabError
+
+
+def _validate(args) -> int:
+    from .params import load_profile
+
+    prof = load_profile(args.params)
+    print(f"{prof.path}: ok, {len(prof.experiments)} experiment(s): {', '.join(prof.experiments)}")
+    return 0
+
+
+def _run(args) -> int:
+    from .runner import run_profile
+
+    outcomes = run_profile(args.profile, force=args.force, only=args.only, results_dir=args.results_dir,
+                           reports_dir=args.reports_dir)
+    failed = [o.experiment for o in outcomes if o.status == "failed"]
+    summary = ", ".join(f"{o.experiment}: {o.status}" for o in outcomes)
+    print(f"done: {summary}")
+    if failed:
+        print(f"nlilab: {len(failed)} experiment(s) failed: {', '.join(failed)} (see the report)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report(args) -> int:
+    from .report import build_report
+
+    print(build_report(args.profile, results_dir=args.results_dir, reports_dir=args.reports_dir))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="nlilab", description="Adapting language models to MultiNLI, reproducibly.")
+    sub = top.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="validate a params file and exit")
+    v.add_argument("params", help="a profile name (cpu) or a params file path")
+    v.set_defaults(func=_validate)
+    for name, func, helptext in (("run", _run, "run a profile's notebooks and build its report"),
+                                 ("report", _report, "build the report from existing results")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--profile", default="cpu", help="profile name or params file (default: cpu)")
+        p.add_argument("--results-dir", help="override the profile's results folder")
+        p.add_argument("--reports-dir", help="override the profile's reports folder")
+        if name == "run":
+            p.add_argument("--force", action="store_true", help="rerun experiments even if unchanged")
+            p.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
+        p.set_defaults(func=func)
+    return top
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NlilabError as exc:
+        print(f"nlilab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nlilab: interrupted; finished results are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""MultiNLI splits from one of three sources: the bundled set, a local folder, or the hub.
+
+Every source yields the same three `datasets.Dataset`s (train, validation_matched, validation_mismatched) with
+columns premise, hypothesis, label, genre, pairID. Files are parsed line by line so that a malformed row
+fails with its file and line; unlabeled rows (label -1) are then dropped with `Dataset.filter` and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import LABELS, SPLITS
+from .errors import DataError
+from .params import MNLI_DIR_ENV
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+ORIGINAL_NAMES = {  # the files of the MultiNLI 1.0 zip
+    "train": "multinli_1.0_train.jsonl",
+    "validation_matched": "multinli_1.0_dev_matched.jsonl",
+    "validation_mismatched": "multinli_1.0_dev_mismatched.jsonl",
+}
+GOLD_LABELS = {name: i for i, name in enumerate(LABELS)} | {"-": -1}
+COLUMNS = ("pairID", "premise", "hypothesis", "genre", "label")
+
+
+@dataclass
+class NLIData:
+    splits: dict  # split name -> datasets.Dataset
+    source: str
+    fingerprint: str
+    dropped_unlabeled: dict = field(default_factory=dict)  # split -> rows with label -1 removed
+    files: dict = field(default_factory=dict)  # split -> file path (file sources)
+
+    def __getitem__(self, split):
+        return self.splits[split]
+
+
+# ------------------------------------------------------------------------------------------------ file parsing
+def _hf_row(obj: dict, where: str) -> dict:
+    missing = [k for k in ("premise", "hypothesis", "label") if k not in obj]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {', '.join(missing)}; expected premise, hypothesis, label")
+    return {"pairID": str(obj.get("pairID", "")), "premise": obj["premise"], "hypothesis": obj["hypothesis"],
+            "genre": obj.get("genre") or "unknown", "label": obj["label"]}
+
+
+def _original_row(obj: dict, where: str) -> dict:
+    missing = [k for k in ("sentence1", "sentence2", "gold_label") if k not in obj]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {', '.join(missing)}; expected sentence1, sentence2, gold_label")
+    gold = obj["gold_label"]
+    if gold not in GOLD_LABELS:
+        raise DataError(f"{where}: gold_label {gold!r} is not one of {', '.join(GOLD_LABELS)}")
+    return {"pairID": str(obj.get("pairID", "")), "premise": obj["sentence1"], "hypothesis": obj["sentence2"],
+            "genre": obj.get("genre") or "unknown", "label": GOLD_LABELS[gold]}
+
+
+def _check_row(row: dict, where: str) -> dict:
+    label = row["label"]
+    if isinstance(label, bool) or not isinstance(label, int) or label not in (-1, 0, 1, 2):
+        raise DataError(f"{where}: label {label!r} out of range; expected 0 (entailment), 1 (neutral), "
+                        "2 (contradiction) or -1 (unlabeled)")
+    for key in ("premise", "hypothesis"):
+        if not isinstance(row[key], str) or not row[key].strip():
+            raise DataError(f"{where}: empty or non-text {key} ({row[key]!r})")
+    if not isinstance(row["genre"], str):
+        raise DataError(f"{where}: genre must be text, got {row['genre']!r}")
+    return row
+
+
+def read_jsonl(path: Path, schema: str = "hf") -> list[dict]:
+    """Parse a MultiNLI jsonl file (`hf` schema or the `original` 1.0 schema); fail with file and line."""
+    convert = _hf_row if schema == "hf" else _original_row
+    rows = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            rows.append(_check_row(convert(obj, where), where))
+    if not rows:
+        raise DataError(f"{path}: the file is empty; expected one JSON object per line")
+    return rows
+
+
+def _split_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Find each split's file in a folder, in the hub's naming or the original 1.0 naming."""
+    found, missing = {}, []
+    for split in SPLITS:
+        hf, original = folder / f"{split}.jsonl", folder / ORIGINAL_NAMES[split]
+        if hf.is_file():
+            found[split] = (hf, "hf")
+        elif original.is_file():
+            found[split] = (original, "original")
+        else:
+            missing.append(f"{hf.name} (or {original.name})")
+    if missing:
+        raise DataError(f"{folder}: split file(s) missing: {', '.join(missing)}")
+    return found
+
+
+def local_folder(data_cfg: dict) -> Path:
+    folder = data_cfg.get("local_dir") or os.environ.get(MNLI_DIR_ENV)
+    if not folder:
+        raise DataError(f"data source 'local' needs data.local_dir in the profile or ${MNLI_DIR_ENV}")
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise DataError(f"local MultiNLI folder {path} does not exist (data.local_dir or ${MNLI_DIR_ENV})")
+    return path
+
+
+def source_files(data_cfg: dict) -> dict[str, tuple[Path, str]]:
+    if data_cfg["source"] == "bundled":
+        return _split_files(BUNDLED_DIR)
+    if data_cfg["source"] == "local":
+        return _split_files(local_folder(data_cfg))
+    return {}
+
+
+# ------------------------------------------------------------------------------------------------ fingerprint
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_fingerprint(data_cfg: dict, seed: int) -> str:
+    """A hash of what the data *is*: file contents (not paths), subsampling and its seed. Cheap: no parsing."""
+    parts = {"source": data_cfg["source"], "train_limit": data_cfg.get("train_limit"),
+             "eval_limit": data_cfg.get("eval_limit"), "seed": seed}
+    if data_cfg["source"] == "hub":
+        parts["hub_id"] = data_cfg["hub_id"]
+    for split, (path, schema) in source_files(data_cfg).items():
+        parts[split] = f"{schema}:{_file_digest(path)}"
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------ subsampling
+def stratified_indices(labels, limit: int, seed: int) -> list[int]:
+    """Indices of `limit` rows keeping each label's share (largest remainder), chosen by `seed`."""
+    labels = np.asarray(labels)
+    if limit >= len(labels):
+        return list(range(len(labels)))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts / counts.sum() * limit
+    take = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - take))[: limit - take.sum()]:
+        take[i] += 1
+    chosen = []
+    for cls, k in zip(classes, take):
+        members = np.flatnonzero(labels == cls)
+        chosen.extend(rng.choice(members, size=k, replace=False).tolist())
+    return sorted(chosen)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _load_hub(data_cfg: dict) -> dict:
+    from .models import hub_reachable, offline_message
+
+    hub_id = data_cfg["hub_id"]
+    if not hub_reachable() and not _hub_dataset_cached(hub_id):
+        raise DataError(offline_message(f"dataset '{hub_id}'"))
+    import datasets
+
+    loaded = datasets.load_dataset(hub_id)
+    return {split: loaded[split].select_columns(list(COLUMNS)) for split in SPLITS}
+
+
+def _hub_dataset_cached(hub_id: str) -> bool:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        return False
+    return (Path(HF_HUB_CACHE) / f"datasets--{hub_id.replace('/', '--')}").is_dir()
+
+
+def _to_dataset(rows: list[dict]):
+    import datasets
+
+    features = datasets.Features({
+        "pairID": datasets.Value("string"), "premise": datasets.Value("string"),
+        "hypothesis": datasets.Value("string"), "genre": datasets.Value("string"),
+        "label": datasets.Value("int64"),
+    })
+    return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS}, features=features)
+
+
+def load_nli(data_cfg: dict, seed: int = 0) -> NLIData:
+    """The three splits for a profile's `data` block, unlabeled rows dropped, optionally subsampled."""
+    source = data_cfg["source"]
+    files = source_files(data_cfg)
+    if source == "hub":
+        raw = _load_hub(data_cfg)
+    else:
+        raw = {split: _to_dataset(read_jsonl(path, schema)) for split, (path, schema) in files.items()}
+    splits, dropped = {}, {}
+    for split in SPLITS:
+        before = len(raw[split])
+        labeled = raw[split].filter(lambda batch: [x != -1 for x in batch["label"]], batched=True)
+        dropped[split] = before - len(labeled)
+        limit = data_cfg.get("train_limit" if split == "train" else "eval_limit")
+        if limit:
+            labeled = labeled.select(stratified_indices(labeled["label"], limit, seed))
+        splits[split] = labeled
+    return NLIData(splits, source, data_fingerprint(data_cfg, seed), dropped,
+                   {split: str(path) for split, (path, _) in files.items()})
+
+
+def describe(data: NLIData):
+    """Per-split sizes and label shares, as a pandas DataFrame (for the data notebook and the report)."""
+    import pandas as pd
+
+    rows = []
+    for split, ds in data.splits.items():
+        counts = np.bincount(np.asarray(ds["label"], dtype=int), minlength=len(LABELS))
+        row = {"split": split, "rows": len(ds), "dropped_unlabeled": data.dropped_unlabeled.get(split, 0),
+               "genres": len(set(ds["genre"]))}
+        row.update({label: int(c) for label, c in zip(LABELS, counts)})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("split")
+
+
+def overview_metrics(data: NLIData) -> dict:
+    """What the data notebook records: sizes, label and genre counts, the -1 filter's count, fingerprint."""
+    summary = describe(data)
+    return {
+        "data_source": data.source,
+        "data_fingerprint": data.fingerprint,
+        "dropped_unlabeled": data.dropped_unlabeled,
+        "data_sizes": {split: len(ds) for split, ds in data.splits.items()},
+        "label_counts": {split: {label: int(summary.loc[split, label]) for label in LABELS} for split in SPLITS},
+        "genre_counts": {split: {str(g): int(c) for g, c in ds.to_pandas()["genre"].value_counts().items()}
+                         for split, ds in data.splits.items()},
+        "files": data.files,
+    }

@@ -1,0 +1,400 @@
+"""Profiles: one YAML file per profile, validated completely before anything runs.
+
+A profile has a `shared` block (data, seed, device, output folders) and an ordered `experiments` block. Each
+experiment names its notebook; the notebook decides which schema its block follows. Loading merges `shared`
+into every experiment, fills defaults, and reports *every* problem at once as
+`<file>: <key path>: expected <what>, got <value>`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import ParamsError
+
+MISSING = object()
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MNLI_DIR_ENV = "NLILAB_MNLI_DIR"
+
+
+# --------------------------------------------------------------------------------------------------- schema
+@dataclass(frozen=True)
+class Field:
+    """One key of a profile: its type, default and constraint."""
+
+    kind: str  # int | float | str | bool | list | section
+    default: Any = MISSING
+    expect: str = ""  # human words for the expectation, used in error messages
+    check: Callable[[Any], bool] | None = None
+    choices: tuple | None = None
+    nullable: bool = False
+    items: "Field | None" = None
+    fields: dict | None = None
+
+    def describe(self) -> str:
+        if self.expect:
+            return self.expect
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+                "list": "a list", "section": "a mapping"}[self.kind]
+
+
+def integer(default=MISSING, minimum=None, nullable=False):
+    expect = "an integer" + (f" >= {minimum}" if minimum is not None else "")
+    check = (lambda v: v >= minimum) if minimum is not None else None
+    return Field("int", default, expect, check, nullable=nullable)
+
+
+def number(default=MISSING, minimum=None, positive=False, maximum=None, nullable=False):
+    if positive:
+        expect, check = "a positive number", (lambda v: v > 0)
+    elif minimum is not None and maximum is not None:
+        expect, check = f"a number in [{minimum}, {maximum}]", (lambda v: minimum <= v <= maximum)
+    elif minimum is not None:
+        expect, check = f"a number >= {minimum}", (lambda v: v >= minimum)
+    else:
+        expect, check = "a number", None
+    return Field("float", default, expect, check, nullable=nullable)
+
+
+def string(default=MISSING, choices=None, nullable=False, expect=""):
+    return Field("str", default, expect, choices=tuple(choices) if choices else None, nullable=nullable)
+
+
+def flag(default=MISSING):
+    return Field("bool", default)
+
+
+def listof(item: Field, default=MISSING, nonempty=True, nullable=False):
+    expect = ("a non-empty list of " if nonempty else "a list of ") + item.describe().removeprefix("a ")
+    check = (lambda v: len(v) > 0) if nonempty else None
+    return Field("list", default, expect, check, items=item, nullable=nullable)
+
+
+def section(nullable=False, **fields):
+    return Field("section", {} if not nullable else None, fields=fields, nullable=nullable)
+
+
+TRAIN_FIELDS = section(
+    epochs=number(3, positive=True),
+    max_steps=integer(None, minimum=1, nullable=True),
+    batch_size=integer(16, minimum=1),
+    eval_batch_size=integer(64, minimum=1),
+    learning_rate=number(5e-5, positive=True),
+    weight_decay=number(0.01, minimum=0),
+    warmup_ratio=number(0.06, minimum=0, maximum=1),
+    max_length=integer(128, minimum=8),
+    gradient_accumulation_steps=integer(1, minimum=1),
+    logging_steps=integer(10, minimum=1),
+    save_total_limit=integer(1, minimum=1),
+    group_by_length=flag(True),
+)
+
+SHARED_FIELDS = {
+    "seed": integer(0, minimum=0),
+    "device": string("auto", choices=("auto", "cpu", "cuda")),
+    "precision": string("fp32", choices=("fp32", "bf16", "fp16")),
+    "data": section(
+        source=string("bundled", choices=("bundled", "local", "hub")),
+        local_dir=string(None, nullable=True, expect="a folder path"),
+        hub_id=string("nyu-mll/multi_nli"),
+        train_limit=integer(None, minimum=1, nullable=True),
+        eval_limit=integer(None, minimum=1, nullable=True),
+    ),
+    "results_dir": string("results"),
+    "reports_dir": string("reports"),
+    "notebooks_dir": string("notebooks"),
+}
+
+ENCODER_METHODS = ("full", "top_layers", "lora", "ptuning", "prefix")
+
+KIND_FIELDS: dict[str, dict[str, Field]] = {
+    "data": {"examples": integer(5, minimum=0)},
+    "encoder": {
+        "model": string(expect="a model alias, hub id (org/name) or local folder"),
+        "method": string("full", choices=ENCODER_METHODS),
+        "seeds": listof(integer(minimum=0), default=None, nullable=True),
+        "train": TRAIN_FIELDS,
+        "top_layers": section(k=integer(2, minimum=0)),
+        "lora": section(
+            r=integer(8, minimum=1),
+            alpha=number(16, positive=True),
+            dropout=number(0.1, minimum=0, maximum=1),
+            target_modules=listof(string(), default=["query", "value"]),
+        ),
+        "ptuning": section(num_virtual_tokens=integer(20, minimum=1),
+                           encoder_hidden_size=integer(128, minimum=1)),
+        "prefix": section(num_virtual_tokens=integer(16, minimum=1), projection=flag(True),
+                          projection_hidden_size=integer(128, minimum=1)),
+        "sweep": section(nullable=True, param=string("learning_rate", choices=("learning_rate",)),
+                         values=listof(number(positive=True))),
+    },
+    # Filled by the decoder-LLM work (prompting and the QLoRA classifier).
+    "prompting": {"model": string(expect="a model alias, hub id (org/name) or local folder")},
+    "qlora": {"model": string(expect="a model alias, hub id (org/name) or local folder")},
+}
+
+# Which schema each notebook's block follows. A new notebook registers here.
+NOTEBOOK_KINDS: dict[str, str] = {
+    "00_data": "data",
+    "10_full_finetune": "encoder",
+    "11_top_layers": "encoder",
+    "12_lora": "encoder",
+    "13_lora_sweep": "encoder",
+    "14_ptuning": "encoder",
+    "15_deep_prompts": "encoder",
+    "20_prompting": "prompting",
+    "21_qlora": "qlora",
+}
+
+TOP_FIELDS = {"description": string(""), "shared": None, "experiments": None}
+
+
+# ------------------------------------------------------------------------------------------------ validation
+def _fmt(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def _coerce(value: Any, spec: Field):
+    """Return (value, ok). YAML reads `5e-5` as a string, so numeric strings are accepted for numbers."""
+    if spec.kind == "int":
+        return value, isinstance(value, int) and not isinstance(value, bool)
+    if spec.kind == "float":
+        if isinstance(value, str):
+            try:
+                return float(value), True
+            except ValueError:
+                return value, False
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (float(value) if ok else value), ok
+    if spec.kind == "str":
+        return value, isinstance(value, str) and value != ""
+    if spec.kind == "bool":
+        return value, isinstance(value, bool)
+    if spec.kind == "list":
+        return value, isinstance(value, list)
+    return value, isinstance(value, dict)
+
+
+def _validate(value, spec: Field, path: str, errors: list[str], fill: bool):
+    if value is None and spec.nullable:
+        return None
+    value, ok = _coerce(value, spec)
+    if not ok or (spec.choices and value not in spec.choices) or (spec.check and not spec.check(value)):
+        errors.append(f"{path}: expected {spec.describe()}, got {_fmt(value)}")
+        return value
+    if spec.kind == "list" and spec.items is not None:
+        return [_validate(v, spec.items, f"{path}[{i}]", errors, fill) for i, v in enumerate(value)]
+    if spec.kind == "section":
+        return _validate_mapping(value, spec.fields, path, errors, fill)
+    return value
+
+
+def _suggest(key: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _validate_mapping(value: dict, fields: dict, path: str, errors: list[str], fill: bool) -> dict:
+    out = {}
+    prefix = f"{path}." if path else ""
+    for key, item in value.items():
+        if key not in fields:
+            errors.append(f"{prefix}{key}: unknown key{_suggest(str(key), fields)}; "
+                          f"expected one of {', '.join(sorted(fields))}")
+            continue
+        out[key] = _validate(item, fields[key], f"{prefix}{key}", errors, fill)
+    if fill:
+        for key, spec in fields.items():
+            if key in out:
+                continue
+            if spec.kind == "section" and not spec.nullable:
+                out[key] = _validate_mapping({}, spec.fields, f"{prefix}{key}", errors, fill)
+            elif spec.default is MISSING:
+                errors.append(f"{prefix}{key}: missing; expected {spec.describe()}")
+            else:
+                out[key] = copy.deepcopy(spec.default)
+    return out
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+@dataclass
+class Profile:
+    """A validated profile: `experiments` maps each name (in run order) to its complete, merged config."""
+
+    name: str
+    path: Path
+    root: Path
+    description: str
+    experiments: dict[str, dict] = field(default_factory=dict)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ParamsError(f"{path}: {where}YAML syntax error: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping with 'shared' and 'experiments', got {_fmt(raw)}")
+    return raw
+
+
+def resolve_profile_path(profile: str | os.PathLike) -> Path:
+    """`cpu` -> <project>/params/cpu.yaml; a path is taken as it is."""
+    text = str(profile)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        return Path(text).resolve()
+    return PROJECT_ROOT / "params" / f"{text}.yaml"
+
+
+def _root_for(path: Path) -> Path:
+    # Relative paths in a profile resolve against the project folder that holds its params/ folder.
+    return path.parent.parent if path.parent.name == "params" else path.parent
+
+
+def load_profile(profile: str | os.PathLike) -> Profile:
+    """Load and validate a profile completely; raise ParamsError listing every problem."""
+    from .models import check_model_name  # local import: models imports params' constants
+
+    path = resolve_profile_path(profile)
+    raw = _read_yaml(path)
+    errors: list[str] = []
+    for key in raw:
+        if key not in TOP_FIELDS:
+            errors.append(f"{key}: unknown top-level key{_suggest(str(key), TOP_FIELDS)}; "
+                          "expected description, shared, experiments")
+    shared_raw = raw.get("shared") or {}
+    if not isinstance(shared_raw, dict):
+        errors.append(f"shared: expected a mapping, got {_fmt(shared_raw)}")
+        shared_raw = {}
+    shared = _validate_mapping(shared_raw, SHARED_FIELDS, "shared", errors, fill=False)
+    experiments_raw = raw.get("experiments")
+    if not isinstance(experiments_raw, dict) or not experiments_raw:
+        errors.append(f"experiments: expected a non-empty mapping of experiment name to block, "
+                      f"got {_fmt(experiments_raw)}")
+        experiments_raw = {}
+    root = _root_for(path)
+    prof = Profile(path.stem, path, root, str(raw.get("description") or ""))
+    for name, block in experiments_raw.items():
+        config = _load_experiment(str(name), block, shared, root, errors)
+        if config is not None:
+            prof.experiments[str(name)] = config
+    for name, config in prof.experiments.items():
+        errors.extend(_cross_checks(name, config, check_model_name))
+    if errors:
+        raise ParamsError(f"{path}: {len(errors)} problem(s):\n" + "\n".join(f"  {path.name}: {e}" for e in errors))
+    return prof
+
+
+def _load_experiment(name: str, block, shared: dict, root: Path, errors: list[str]) -> dict | None:
+    path = f"experiments.{name}"
+    if not isinstance(block, dict):
+        errors.append(f"{path}: expected a mapping with at least 'notebook', got {_fmt(block)}")
+        return None
+    notebook = block.get("notebook")
+    if notebook not in NOTEBOOK_KINDS:
+        errors.append(f"{path}.notebook: expected one of {', '.join(NOTEBOOK_KINDS)}, got {_fmt(notebook)}")
+        return None
+    kind = NOTEBOOK_KINDS[notebook]
+    fields = {**SHARED_FIELDS, **KIND_FIELDS[kind]}
+    body = {k: v for k, v in block.items() if k != "notebook"}
+    _validate_mapping(body, fields, path, errors, fill=False)  # errors named where the user wrote them
+    merged = deep_merge(shared, body)
+    local: list[str] = []
+    config = _validate_mapping(merged, fields, path, local, fill=True)
+    errors.extend(e for e in local if e not in errors)
+    config.update(name=name, notebook=notebook, kind=kind)
+    for key in ("results_dir", "reports_dir", "notebooks_dir"):
+        if isinstance(config.get(key), str):
+            config[key] = str((root / config[key]).resolve())
+    if isinstance(config.get("data", {}).get("local_dir"), str):
+        config["data"]["local_dir"] = str((root / config["data"]["local_dir"]).resolve())
+    return config
+
+
+def _cross_checks(name: str, config: dict, check_model_name) -> list[str]:
+    """Checks that span keys or look at the machine's files (never the network)."""
+    path = f"experiments.{name}"
+    errors = []
+    nb = Path(config["notebooks_dir"]) / f"{config['notebook']}.ipynb"
+    if not nb.is_file():
+        errors.append(f"{path}.notebook: notebook file {nb} does not exist")
+    data = config["data"]
+    if data["source"] == "local":
+        folder = data["local_dir"] or os.environ.get(MNLI_DIR_ENV)
+        if not folder:
+            errors.append(f"{path}.data.local_dir: source is 'local' but neither data.local_dir nor "
+                          f"${MNLI_DIR_ENV} names a folder")
+        elif not Path(folder).is_dir():
+            errors.append(f"{path}.data.local_dir: expected an existing folder, got {folder!r}")
+    if config["device"] == "cpu" and config["precision"] == "fp16":
+        errors.append(f"{path}.precision: fp16 needs a GPU but device is 'cpu'; use fp32 or bf16")
+    if "model" in config and isinstance(config["model"], str):
+        problem = check_model_name(config["model"])
+        if problem:
+            errors.append(f"{path}.model: {problem}")
+    errors.extend(_kind_checks(path, config))
+    return errors
+
+
+def _kind_checks(path: str, config: dict) -> list[str]:
+    errors = []
+    if config["kind"] == "encoder":
+        if config["method"] not in ("lora",) and config.get("sweep"):
+            errors.append(f"{path}.sweep: a learning-rate sweep is only supported for method 'lora'")
+        seeds = config.get("seeds")
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            errors.append(f"{path}.seeds: expected distinct seeds, got {seeds}")
+    return errors
+
+
+def experiment_seeds(config: dict) -> list[int]:
+    return list(config.get("seeds") or [config["seed"]])
+
+
+def load_experiment(profile: str, experiment: str, config: dict | None = None) -> dict:
+    """What a notebook calls: the runner passes `config`; standalone, the profile file is read."""
+    if config:
+        return config
+    prof = load_profile(profile)
+    if experiment not in prof.experiments:
+        raise ParamsError(f"{prof.path}: no experiment '{experiment}'{_suggest(experiment, prof.experiments)}; "
+                          f"it has {', '.join(prof.experiments)}")
+    return with_output_dirs(prof, experiment)
+
+
+def with_output_dirs(prof: Profile, experiment: str, results_dir=None, reports_dir=None) -> dict:
+    """The experiment's config plus its output folder `<results_dir>/<profile>/<experiment>`."""
+    config = copy.deepcopy(prof.experiments[experiment])
+    config["profile"] = prof.name
+    if results_dir:
+        config["results_dir"] = str(Path(results_dir).resolve())
+    if reports_dir:
+        config["reports_dir"] = str(Path(reports_dir).resolve())
+    config["output_dir"] = str(Path(config["results_dir"]) / prof.name / experiment)
+    return config

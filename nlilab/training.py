@@ -1,0 +1,221 @@
+"""Training a sequence classifier with the Hugging Face Trainer, and scoring it on both dev splits.
+
+Shared by every trained method (full, top layers, LoRA, prompts, QLoRA): the method decides which parameters
+train; this module decides how (dynamic padding, length-grouped batches, per-epoch evaluation, checkpoints that
+a rerun resumes from) and measures the run (history, wall time, throughput, peak memory, size on disk).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import EVAL_SPLITS
+from .errors import NlilabError
+from .metrics import is_collapsed, majority_baseline, score
+from .results import atomic_write_json, count_parameters, dir_size_bytes, peak_memory_mb, read_json
+
+RUN_FILE = "run.json"
+
+
+# ------------------------------------------------------------------------------------------------ device
+def resolve_device(config: dict) -> str:
+    """'cpu' or 'cuda', refusing GPU-only settings on a machine without a GPU rather than changing them."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    device = config.get("device", "auto")
+    if device == "cuda" and not has_cuda:
+        raise NlilabError(f"experiment '{config['name']}': device is 'cuda' but no GPU is visible; "
+                          "set device: auto or cpu, or use the cpu profile")
+    device = "cuda" if device == "auto" and has_cuda else ("cpu" if device == "auto" else device)
+    if config.get("precision") == "fp16" and device != "cuda":
+        raise NlilabError(f"experiment '{config['name']}': precision fp16 needs a GPU and none is visible; "
+                          "use precision: fp32 (or bf16) on the CPU")
+    if config.get("precision") == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise NlilabError(f"experiment '{config['name']}': precision bf16 is not supported by this GPU; use fp16")
+    return device
+
+
+# ------------------------------------------------------------------------------------------------ data
+def tokenize_splits(data, tokenizer, max_length: int) -> dict:
+    """Tokenize every split once, without padding (the collator pads each batch to its own longest row)."""
+
+    def encode(batch):
+        return tokenizer(batch["premise"], batch["hypothesis"], truncation=True, max_length=max_length)
+
+    out = {}
+    for split, ds in data.splits.items():
+        keep = ["label"]
+        out[split] = ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
+                            desc=f"tokenize {split}")
+        out[split] = out[split].rename_column("label", "labels")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ history
+def _history_callback():
+    from transformers import TrainerCallback
+
+    class History(TrainerCallback):
+        """Collects step losses and per-epoch evaluation into plain lists (kept in the Trainer's state)."""
+
+        def __init__(self):
+            self.steps, self.evals = [], []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" in logs:
+                self.steps.append({"step": state.global_step, "epoch": state.epoch, "loss": logs["loss"]})
+            if "eval_loss" in logs:
+                self.evals.append({"epoch": state.epoch, "validation_loss": logs["eval_loss"],
+                                   "accuracy": logs.get("eval_accuracy")})
+
+    return History()
+
+
+def epoch_history(steps: list[dict], evals: list[dict]) -> list[dict]:
+    """The seed report's table: epoch, training loss (mean of the epoch's logged losses), validation loss,
+    validation accuracy."""
+    rows = []
+    previous = 0.0
+    for ev in evals:
+        epoch = ev["epoch"]
+        losses = [s["loss"] for s in steps if previous < s["epoch"] <= epoch + 1e-9]
+        rows.append({"epoch": round(epoch, 3), "train_loss": float(np.mean(losses)) if losses else None,
+                     "validation_loss": ev["validation_loss"], "accuracy": ev["accuracy"]})
+        previous = epoch
+    return rows
+
+
+def _accuracy(eval_pred):
+    logits, labels = eval_pred
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+# ------------------------------------------------------------------------------------------------ training
+def training_arguments(config: dict, run_dir: Path, seed: int, device: str, learning_rate: float | None = None):
+    from transformers import TrainingArguments
+
+    train = config["train"]
+    kwargs = dict(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=train["epochs"],
+        max_steps=train["max_steps"] or -1,
+        per_device_train_batch_size=train["batch_size"],
+        per_device_eval_batch_size=train["eval_batch_size"],
+        gradient_accumulation_steps=train["gradient_accumulation_steps"],
+        learning_rate=learning_rate or train["learning_rate"],
+        weight_decay=train["weight_decay"],
+        # transformers 5: warmup_ratio is gone; a float warmup_steps below 1 is read as a ratio.
+        warmup_steps=float(train["warmup_ratio"]) if train["warmup_ratio"] < 1 else int(train["warmup_ratio"]),
+        lr_scheduler_type="linear",
+        eval_strategy="epoch" if not train["max_steps"] else "steps",
+        eval_steps=None if not train["max_steps"] else max(1, train["max_steps"] // 2),
+        save_strategy="epoch" if not train["max_steps"] else "steps",
+        save_steps=None if not train["max_steps"] else max(1, train["max_steps"] // 2),
+        save_total_limit=train["save_total_limit"],
+        logging_steps=train["logging_steps"],
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=config.get("precision") == "bf16",
+        fp16=config.get("precision") == "fp16",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    if train["group_by_length"]:
+        kwargs["train_sampling_strategy"] = "group_by_length"
+    return TrainingArguments(**kwargs)
+
+
+def _last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = run_dir / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def fit_and_evaluate(model, tokenizer, tokenized: dict, data, config: dict, seed: int, run_dir: Path,
+                     save=None, learning_rate: float | None = None, keep_model: bool = True) -> dict:
+    """Train one seed (resuming from its last checkpoint if a previous run was killed), score both dev
+    splits, save what reuse needs, and write `run.json` atomically. A finished seed is read back, not rerun."""
+    from transformers import DataCollatorWithPadding, Trainer
+
+    run_dir = Path(run_dir)
+    finished = read_json(run_dir / RUN_FILE)
+    if finished is not None:
+        return finished
+    device = resolve_device(config)
+    history = _history_callback()
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(config, run_dir, seed, device, learning_rate),
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation_matched"],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=_accuracy,
+        callbacks=[history],
+    )
+    resume = _last_checkpoint(run_dir)
+    started = time.perf_counter()
+    train_out = trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - started
+    # Rebuild the history from the Trainer's state so epochs done before a resume are included.
+    steps = [{"step": e["step"], "epoch": e["epoch"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
+    evals = [{"epoch": e["epoch"], "validation_loss": e["eval_loss"], "accuracy": e.get("eval_accuracy")}
+             for e in trainer.state.log_history if "eval_loss" in e]
+    run = {"seed": seed, "learning_rate": learning_rate or config["train"]["learning_rate"],
+           "resumed_from": Path(resume).name if resume else None,
+           "history": epoch_history(steps, evals), "step_losses": steps,
+           "train_wall_time_s": wall,
+           "train_samples_per_second": train_out.metrics.get("train_samples_per_second"),
+           "train_examples": len(tokenized["train"])}
+    run.update(count_parameters(model))
+    for split in EVAL_SPLITS:
+        out = trainer.predict(tokenized[split])
+        logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
+        run[split] = score(data[split]["label"], np.argmax(logits, axis=-1), data[split]["genre"])
+    run.update(peak_memory_mb())
+    model_dir = run_dir / "model"
+    (save or model.save_pretrained)(str(model_dir))
+    run["disk_size_bytes"] = dir_size_bytes(model_dir)
+    if not keep_model:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    # Checkpoints exist only to survive a crash; once the seed is finished they are dead weight.
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    atomic_write_json(run_dir / RUN_FILE, run)
+    return run
+
+
+def baselines(data) -> dict:
+    return {split: majority_baseline(data["train"]["label"], data[split]["label"]) for split in EVAL_SPLITS}
+
+
+def flag_collapse(summary: dict, baseline: dict) -> bool:
+    return any(is_collapsed(summary[s]["accuracy"], baseline[s]["accuracy"]) for s in EVAL_SPLITS)
+
+
+def summarize(runs: list[dict], data) -> dict:
+    """The experiment-level metrics.json body from its per-seed runs: means, spreads, collapse flag."""
+    from .metrics import aggregate_split, mean_history
+
+    base = baselines(data)
+    out = {split: aggregate_split([r[split] for r in runs]) for split in EVAL_SPLITS}
+    out["majority_baseline"] = base
+    out["collapsed"] = flag_collapse(out, base)
+    out["history"] = mean_history([r["history"] for r in runs])
+    for key in ("trainable_params", "total_params", "trainable_share", "disk_size_bytes"):
+        out[key] = runs[0].get(key)
+    for key in ("train_wall_time_s", "train_samples_per_second", "cpu_rss_peak_mb", "gpu_peak_mb"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+    out["seeds"] = [r["seed"] for r in runs]
+    out["runs"] = runs
+    return out
