@@ -1,0 +1,64 @@
+"""The tiny profile end to end through papermill: every experiment runs, writes a complete metrics.json,
+the report exists and is true to the results, and an unchanged rerun skips everything."""
+
+import json
+
+import pytest
+
+from nlilab import EVAL_SPLITS
+from nlilab.params import load_profile
+from nlilab.runner import run_profile
+
+pytestmark = pytest.mark.slow
+
+TRAINED_FIELDS = {"history", "trainable_params", "total_params", "train_wall_time_s", "train_samples_per_second",
+                  "cpu_rss_peak_mb"}
+SPLIT_FIELDS = {"accuracy", "macro_f1", "per_genre", "confusion", "n"}
+
+
+def test_every_experiment_ran(tiny_run):
+    names = list(load_profile("tiny").experiments)
+    assert [o.experiment for o in tiny_run.outcomes] == names
+    failed = {o.experiment: o.error for o in tiny_run.outcomes if o.status != "ran"}
+    assert not failed, failed
+
+
+def test_every_metrics_json_is_complete(tiny_run):
+    prof = load_profile("tiny")
+    for name, config in prof.experiments.items():
+        metrics = json.loads((tiny_run.results_dir / "tiny" / name / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and metrics["experiment"] == name
+        record = metrics["run_record"]
+        assert record["profile"] == "tiny" and record["data_fingerprint"] and record["packages"]["torch"]
+        if config["kind"] == "data":
+            assert metrics["dropped_unlabeled"]["train"] >= 1
+            continue
+        for split in EVAL_SPLITS:
+            assert SPLIT_FIELDS <= set(metrics[split]), (name, split)
+            assert 0.0 <= metrics[split]["accuracy"] <= 1.0
+            assert sum(map(sum, metrics[split]["confusion"])) == metrics[split]["n"] * len(metrics.get("seeds") or [0])
+            assert "accuracy" in metrics["majority_baseline"][split]
+        if config["kind"] in ("encoder", "qlora"):
+            assert TRAINED_FIELDS <= set(metrics), name
+            assert metrics["history"] and {"epoch", "train_loss", "validation_loss", "accuracy"} <= set(metrics["history"][0])
+
+
+def test_report_lists_every_experiment_with_its_measured_accuracy(tiny_run):
+    page = tiny_run.report.read_text()
+    ft = json.loads((tiny_run.results_dir / "tiny" / "full_finetune" / "metrics.json").read_text())
+    assert "full_finetune" in page
+    assert f"{100 * ft['validation_matched']['accuracy']:.1f}" in page
+    for name in load_profile("tiny").experiments:
+        assert (tiny_run.reports_dir / "tiny" / "notebooks" / f"{name}.html").is_file()
+
+
+def test_executed_notebooks_received_their_parameters(tiny_run):
+    nb = json.loads((tiny_run.reports_dir / "tiny" / "notebooks" / "full_finetune.ipynb").read_text())
+    injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    assert injected and "'experiment'" not in "".join(injected[0]["source"])
+    assert "experiment = \"full_finetune\"" in "".join(injected[0]["source"])
+
+
+def test_unchanged_rerun_skips_everything(tiny_run):
+    outcomes = run_profile("tiny", results_dir=tiny_run.results_dir, reports_dir=tiny_run.reports_dir)
+    assert {o.status for o in outcomes} == {"skipped"}
