@@ -82,7 +82,7 @@ def read_jsonl(path: Path, schema: str = "hf") -> list[dict]:
         for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a leading BOM is harmless
             except UnicodeDecodeError as exc:
                 raise DataError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
             if not text.strip():
@@ -173,12 +173,17 @@ def stratified_indices(labels, limit: int, seed: int) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _load_hub(data_cfg: dict) -> dict:
+def ensure_hub_dataset_available(hub_id: str) -> None:
+    """Within seconds: the dataset is cached or the hub answers; otherwise a DataError naming the fix."""
     from .models import hub_reachable, offline_message
 
-    hub_id = data_cfg["hub_id"]
-    if not hub_reachable() and not _hub_dataset_cached(hub_id):
+    if not _hub_dataset_cached(hub_id) and not hub_reachable():
         raise DataError(offline_message(f"dataset '{hub_id}'"))
+
+
+def _load_hub(data_cfg: dict) -> dict:
+    hub_id = data_cfg["hub_id"]
+    ensure_hub_dataset_available(hub_id)
     import datasets
 
     loaded = datasets.load_dataset(hub_id)
@@ -217,6 +222,10 @@ def load_nli(data_cfg: dict, seed: int = 0) -> NLIData:
         before = len(raw[split])
         labeled = raw[split].filter(lambda batch: [x != -1 for x in batch["label"]], batched=True)
         dropped[split] = before - len(labeled)
+        if len(labeled) == 0:  # caught here, not as an obscure error deep in training or scoring
+            where = files[split][0] if split in files else f"{data_cfg.get('hub_id')} [{split}]"
+            raise DataError(f"{where}: no labeled rows ({before} row(s), all with label -1 / gold_label '-'); "
+                            "expected at least one labeled pair")
         limit = data_cfg.get("train_limit" if split == "train" else "eval_limit")
         if limit:
             labeled = labeled.select(stratified_indices(labeled["label"], limit, seed))

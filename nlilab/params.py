@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -73,7 +74,7 @@ def flag(default=MISSING):
 
 
 def listof(item: Field, default=MISSING, nonempty=True, nullable=False):
-    expect = ("a non-empty list of " if nonempty else "a list of ") + item.describe().removeprefix("a ")
+    expect = ("a non-empty list" if nonempty else "a list") + ", each " + item.describe()
     check = (lambda v: len(v) > 0) if nonempty else None
     return Field("list", default, expect, check, items=item, nullable=nullable)
 
@@ -121,6 +122,8 @@ KIND_FIELDS: dict[str, dict[str, Field]] = {
         "model": string(expect="a model alias, hub id (org/name) or local folder"),
         "method": string("full", choices=ENCODER_METHODS),
         "seeds": listof(integer(minimum=0), default=None, nullable=True),
+        # which seeds keep their trained model folder: a full fine-tune of roberta-large is 1.4 GB a seed
+        "keep_models": string("first", choices=("first", "all", "none")),
         "train": TRAIN_FIELDS,
         "top_layers": section(k=integer(2, minimum=0)),
         "lora": section(
@@ -131,14 +134,63 @@ KIND_FIELDS: dict[str, dict[str, Field]] = {
         ),
         "ptuning": section(num_virtual_tokens=integer(20, minimum=1),
                            encoder_hidden_size=integer(128, minimum=1)),
-        "prefix": section(num_virtual_tokens=integer(16, minimum=1), projection=flag(True),
+        # No reparametrisation MLP by default: on MiniLM it collapsed to one class at learning rates >= 2e-3.
+        "prefix": section(num_virtual_tokens=integer(16, minimum=1), projection=flag(False),
                           projection_hidden_size=integer(128, minimum=1)),
         "sweep": section(nullable=True, param=string("learning_rate", choices=("learning_rate",)),
                          values=listof(number(positive=True))),
     },
-    # Filled by the decoder-LLM work (prompting and the QLoRA classifier).
-    "prompting": {"model": string(expect="a model alias, hub id (org/name) or local folder")},
-    "qlora": {"model": string(expect="a model alias, hub id (org/name) or local folder")},
+    # Zero-/one-shot prompting of a causal LM (nlilab.prompting). The prompt itself is a file in
+    # nlilab/prompts/; `prompt` names it and may override its fields (null keeps the file's value).
+    "prompting": {
+        "model": string(expect="a model alias, hub id (org/name) or local folder"),
+        "mode": string("zero_shot", choices=("zero_shot", "one_shot")),
+        "scoring": string("loglik", choices=("loglik", "generate")),
+        "prompt": section(
+            name=string("harness_mnli", expect="a prompt name (nlilab/prompts/<name>.yaml) or a YAML file"),
+            version=integer(None, minimum=1, nullable=True),
+            title=string(None, nullable=True),
+            template=string(None, nullable=True),
+            system=string(None, nullable=True),
+            chat_template=Field("bool", None, nullable=True),
+            fewshot_separator=string(None, nullable=True),
+            hypothesis_period=Field("bool", None, nullable=True),
+            add_special_tokens=Field("bool", None, nullable=True),
+            label_words=section(nullable=True, entailment=string(None, nullable=True),
+                                neutral=string(None, nullable=True), contradiction=string(None, nullable=True)),
+        ),
+        "seeds": listof(integer(minimum=0), default=None, nullable=True),
+        "rotate_demo_labels": flag(True),
+        "calibration": string("none", choices=("none", "contextual")),
+        "content_free_inputs": listof(string(), default=["N/A"]),
+        "batch_size": integer(16, minimum=1),
+        "max_length": integer(2048, minimum=16),
+        "max_new_tokens": integer(5, minimum=1),
+    },
+    # A decoder LM as a sequence classifier: 4-bit base, LoRA (or bottleneck) adapters, a linear head over the
+    # last non-pad token (nlilab.qlora).
+    "qlora": {
+        "model": string(expect="a model alias, hub id (org/name) or local folder"),
+        "adapter": string("lora", choices=("lora", "bottleneck")),
+        "quantization": string("nf4", choices=("nf4", "int8", "none")),
+        # Where bitsandbytes cannot quantize on this machine: true falls back to unquantized weights and records
+        # it (quantization: none + a note); false stops with an error.
+        "fallback": flag(False),
+        "compute_dtype": string("bf16", choices=("bf16", "fp16", "fp32")),
+        "double_quant": flag(True),
+        "gradient_checkpointing": flag(False),
+        "input_template": string("Premise: {premise}\nHypothesis: {hypothesis}"),
+        "seeds": listof(integer(minimum=0), default=None, nullable=True),
+        "keep_models": string("first", choices=("first", "all", "none")),
+        "train": TRAIN_FIELDS,
+        "lora": section(
+            r=integer(16, minimum=1),
+            alpha=number(32, positive=True),
+            dropout=number(0.05, minimum=0, maximum=1),
+            target_modules=listof(string(), default=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        ),
+        "bottleneck": section(size=integer(64, minimum=1)),
+    },
 }
 
 # Which schema each notebook's block follows. A new notebook registers here.
@@ -249,16 +301,44 @@ class Profile:
     experiments: dict[str, dict] = field(default_factory=dict)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML silently keeps the last of two equal keys: a copied experiment block left under its old name
+    would replace the first one without a word. This loader refuses duplicates instead."""
+
+
+def _no_duplicate_keys(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` overrides are legitimate
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line)
+        except TypeError:  # an unhashable key: let the constructor report it
+            continue
+        if first != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first written on line {first + 1}); each key may appear once "
+                "per block", key_node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ParamsError(f"{path}: {where}YAML syntax error: {problem}") from None
+        what = "" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error: "
+        raise ParamsError(f"{path}: {where}{what}{problem}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping with 'shared' and 'experiments', got {_fmt(raw)}")
     return raw
@@ -301,14 +381,47 @@ def load_profile(profile: str | os.PathLike) -> Profile:
     root = _root_for(path)
     prof = Profile(path.stem, path, root, str(raw.get("description") or ""))
     for name, block in experiments_raw.items():
+        if not EXPERIMENT_NAME.fullmatch(str(name)):
+            errors.append(f"experiments.{name}: expected an experiment name of letters, digits, '_' and '-' "
+                          "(it names the experiment's results folder)")
+            continue
         config = _load_experiment(str(name), block, shared, root, errors)
         if config is not None:
             prof.experiments[str(name)] = config
     for name, config in prof.experiments.items():
         errors.extend(_cross_checks(name, config, check_model_name))
+    errors = _attribute_to_shared(errors, experiments_raw, shared_raw)
     if errors:
         raise ParamsError(f"{path}: {len(errors)} problem(s):\n" + "\n".join(f"  {path.name}: {e}" for e in errors))
     return prof
+
+
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def _is_set(mapping, dotted: str) -> bool:
+    """Whether a key path such as `train.learning_rate` or `seeds[0]` is written in `mapping`."""
+    for part in re.sub(r"\[\d+\]", "", dotted).split("."):
+        if not isinstance(mapping, dict) or part not in mapping:
+            return False
+        mapping = mapping[part]
+    return True
+
+
+def _attribute_to_shared(errors: list[str], experiments_raw: dict, shared_raw: dict) -> list[str]:
+    """A bad value written once in `shared` is reported once, as `shared.<key>`, not again for every experiment
+    that inherits it."""
+    out = []
+    for error in errors:
+        found = re.match(r"experiments\.([A-Za-z0-9_-]+)\.([\w.\[\]]+): (.*)", error, re.S)
+        if found:
+            name, key, rest = found.groups()
+            block = experiments_raw.get(name)
+            if not _is_set(block if isinstance(block, dict) else {}, key) and _is_set(shared_raw, key):
+                error = f"shared.{key}: {rest}"
+        if error not in out:
+            out.append(error)
+    return out
 
 
 def _load_experiment(name: str, block, shared: dict, root: Path, errors: list[str]) -> dict | None:
@@ -348,10 +461,11 @@ def _cross_checks(name: str, config: dict, check_model_name) -> list[str]:
     if data["source"] == "local":
         folder = data["local_dir"] or os.environ.get(MNLI_DIR_ENV)
         if not folder:
-            errors.append(f"{path}.data.local_dir: source is 'local' but neither data.local_dir nor "
-                          f"${MNLI_DIR_ENV} names a folder")
+            errors.append(f"{path}.data.source: 'local' needs a folder: set data.local_dir or "
+                          f"${MNLI_DIR_ENV}; neither is set")
         elif not Path(folder).is_dir():
-            errors.append(f"{path}.data.local_dir: expected an existing folder, got {folder!r}")
+            where = f"{path}.data.local_dir" if data["local_dir"] else f"${MNLI_DIR_ENV} (data.source 'local')"
+            errors.append(f"{where}: expected an existing folder, got {folder!r}")
     if config["device"] == "cpu" and config["precision"] == "fp16":
         errors.append(f"{path}.precision: fp16 needs a GPU but device is 'cpu'; use fp32 or bf16")
     if "model" in config and isinstance(config["model"], str):
@@ -362,14 +476,84 @@ def _cross_checks(name: str, config: dict, check_model_name) -> list[str]:
     return errors
 
 
+# Each encoder notebook explains one method; a block pairing it with another would mislabel its results.
+NOTEBOOK_METHODS = {"10_full_finetune": "full", "11_top_layers": "top_layers", "12_lora": "lora",
+                    "13_lora_sweep": "lora", "14_ptuning": "ptuning", "15_deep_prompts": "prefix"}
+
+
+def _encoder_checks(path: str, config: dict) -> list[str]:
+    errors = []
+    expected = NOTEBOOK_METHODS.get(config["notebook"])
+    if expected and config["method"] != expected:
+        errors.append(f"{path}.method: notebook {config['notebook']} runs method '{expected}', "
+                      f"got {config['method']!r}")
+    if config["method"] not in ("lora",) and config.get("sweep"):
+        errors.append(f"{path}.sweep: a learning-rate sweep is only supported for method 'lora'")
+    if config["notebook"] == "13_lora_sweep" and not config.get("sweep"):
+        errors.append(f"{path}.sweep: notebook 13_lora_sweep needs a sweep block "
+                      "(sweep: {param: learning_rate, values: [...]})")
+    values = (config.get("sweep") or {}).get("values") or []
+    if len(set(values)) != len(values):
+        errors.append(f"{path}.sweep.values: expected distinct values, got {values}")
+    seeds = config.get("seeds")
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        errors.append(f"{path}.seeds: expected distinct seeds, got {seeds}")
+    return errors
+
+
 def _kind_checks(path: str, config: dict) -> list[str]:
     errors = []
     if config["kind"] == "encoder":
-        if config["method"] not in ("lora",) and config.get("sweep"):
-            errors.append(f"{path}.sweep: a learning-rate sweep is only supported for method 'lora'")
-        seeds = config.get("seeds")
-        if seeds is not None and len(set(seeds)) != len(seeds):
-            errors.append(f"{path}.seeds: expected distinct seeds, got {seeds}")
+        errors.extend(_encoder_checks(path, config))
+    if config["kind"] == "prompting":
+        errors.extend(_prompting_checks(path, config))
+    if config["kind"] == "qlora":
+        errors.extend(_qlora_checks(path, config))
+    return errors
+
+
+def _prompting_checks(path: str, config: dict) -> list[str]:
+    from .prompting import load_prompt  # local import: prompting imports params' neighbours
+
+    errors = []
+    seeds = config.get("seeds")
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        errors.append(f"{path}.seeds: expected distinct seeds, got {seeds}")
+    if seeds and config["mode"] == "zero_shot":
+        errors.append(f"{path}.seeds: zero-shot scoring draws nothing at random, so it runs once; seeds apply "
+                      "to mode one_shot (each seed draws its own demonstrations)")
+    if config["calibration"] == "contextual" and config["scoring"] != "loglik":
+        errors.append(f"{path}.calibration: contextual calibration needs label scores (scoring: loglik)")
+    prompt = config.get("prompt") or {}
+    if isinstance(prompt.get("name"), str):
+        try:
+            load_prompt(prompt["name"], {k: v for k, v in prompt.items() if k != "name"})
+        except ParamsError as exc:
+            errors.extend(f"{path}.prompt: {line}" for line in str(exc).splitlines())
+    return errors
+
+
+def _qlora_checks(path: str, config: dict) -> list[str]:
+    import string as _string
+
+    errors = []
+    seeds = config.get("seeds")
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        errors.append(f"{path}.seeds: expected distinct seeds, got {seeds}")
+    if config["device"] == "cpu" and config["compute_dtype"] == "fp16":
+        errors.append(f"{path}.compute_dtype: fp16 needs a GPU but device is 'cpu'; use bf16 or fp32")
+    template = config.get("input_template")
+    if isinstance(template, str):
+        try:
+            names = {f for _, f, _, _ in _string.Formatter().parse(template) if f is not None}
+        except ValueError as exc:
+            names = None
+            errors.append(f"{path}.input_template: not a valid format string ({exc})")
+        if names is not None and names != {"premise", "hypothesis"}:
+            errors.append(f"{path}.input_template: expected exactly the placeholders {{premise}} and "
+                          f"{{hypothesis}}, got {sorted(names)}")
+    if config["adapter"] == "lora" and not config["lora"]["target_modules"]:
+        errors.append(f"{path}.lora.target_modules: expected at least one module name")
     return errors
 
 

@@ -1,84 +1,303 @@
 """The comparison report: `reports/<profile>/index.html`, built from results alone.
 
-One self-contained page (styles inline, plots embedded as data URIs, no network needed to read it), plus each
-executed notebook rendered to HTML beside it.
+One self-contained page: styles inline, plots embedded as data URIs, no script and no remote resource (the
+only web addresses are citation links), so the folder can be zipped and read offline. Each executed notebook
+is rendered beside it as HTML with its code folded away. Every optional field of metrics.json may be missing:
+the cell stays blank rather than the report failing; a plot that cannot be drawn says so in place.
 """
 
 from __future__ import annotations
 
 import html
+import re
 import time
 from pathlib import Path
 
-from . import EVAL_SPLITS
+from . import EVAL_SPLITS, LABELS
+from . import findings as F
 from .params import Profile, load_profile
-from .results import load_results, package_versions, git_commit, read_json
+from .references import PUBLISHED, SEED_REPORT, Reference
+from .results import git_commit, load_results, package_versions, read_json
+
+MATCHED, MISMATCHED = EVAL_SPLITS
+NOTEBOOK_MARK = "<!-- nlilab notebook page v3 -->"  # a page without it predates the current template
 
 STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;
-color:#1d1d1f;line-height:1.45}
-table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:.92em}
-th,td{border:1px solid #d0d4da;padding:.3em .6em;text-align:right}
-th{background:#f2f4f7}td:first-child,th:first-child{text-align:left}
-.failed{background:#fde8e8}.collapsed{background:#fff4d6}
-.banner{padding:.7em 1em;border-radius:6px;margin:1em 0}.warn{background:#fff4d6;border:1px solid #e0b84c}
-.bad{background:#fde8e8;border:1px solid #d66}
-pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.85em}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1320px;margin:1.5em auto;
+padding:0 1.2em;color:#1d1d1f;line-height:1.45}
+h1{margin-bottom:.2em}h2{border-bottom:2px solid #e3e6ea;padding-bottom:.2em;margin-top:1.8em}
+nav{font-size:.9em;margin:.4em 0 1em}nav a{margin-right:1em}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.86em}
+th,td{border:1px solid #d0d4da;padding:.28em .5em;text-align:left;vertical-align:top}
+th{background:#f2f4f7}td.num{text-align:right;white-space:nowrap}
+tr.failed td{background:#fde8e8}tr.collapsed td{background:#fff1c9}tr.stale td{color:#777}
+.status-failed{color:#b3261e;font-weight:700}.status-collapsed{color:#8a5a00;font-weight:700}
+.banner{padding:.7em 1em;border-radius:6px;margin:.8em 0}.warn{background:#fff4d6;border:1px solid #e0b84c}
+.bad{background:#fde8e8;border:1px solid #d66}.info{background:#eef4fb;border:1px solid #9dbbe0}
+.ref{background:#f7f3fb;border:1px solid #b9a3d6}
+pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.82em;white-space:pre-wrap}
 img{max-width:100%}code{background:#f2f4f7;padding:0 .2em}
+.scroll{overflow-x:auto}.grid{display:flex;flex-wrap:wrap;gap:0 1.6em}.grid>div{flex:0 1 auto}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:0 1.6em;align-items:start}
+figure{margin:1em 0 1.6em}figcaption{font-size:.88em;color:#444;max-width:60em}
+.measured{background:#f4f8f4;border-left:3px solid #6a9f6a;padding:.3em .7em}
+.findings li{margin:.25em 0}.note{color:#555;font-size:.9em}
+table.meta{font-size:.8em}table.meta th,table.meta td{text-align:left;padding:.15em .6em}
+table.meta th{white-space:nowrap;font-weight:600}
 """
 
 
 def esc(value) -> str:
-    return html.escape(str(value))
+    return html.escape("" if value is None else str(value))
 
 
 def pct(value) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
 
+def _num(value, fmt: str) -> str:
+    """Format a number that may be missing (blank) or not a number at all (shown as it is)."""
+    if value is None:
+        return ""
+    try:
+        return format(float(value), fmt)
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def acc_cell(split_metrics: dict | None) -> str:
-    if not split_metrics:
+    if not split_metrics or split_metrics.get("accuracy") is None:
         return ""
     text = pct(split_metrics["accuracy"])
-    if split_metrics.get("accuracy_std") and len(split_metrics.get("accuracy_runs", [])) > 1:
+    if split_metrics.get("accuracy_std") is not None and len(split_metrics.get("accuracy_runs") or []) > 1:
         text += f" ± {pct(split_metrics['accuracy_std'])}"
     return text
 
 
+def size_text(n_bytes) -> str:
+    if not n_bytes:
+        return ""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} B"
+
+
+def hms(seconds) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(float(seconds)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+NUMERIC = re.compile(r"^[\s\d.,:%±/+\-()e]*\d[\s\d.,:%±/+\-()e]*$")
+
+
+def _td(cell, raw: bool) -> str:
+    text = str(cell) if raw else esc(cell)
+    numeric = NUMERIC.match(re.sub(r"<[^>]+>", "", text))  # numbers line up on the right, words on the left
+    return f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>"
+
+
+def table(header: list[str], rows: list[list], classes: list[str] | None = None, raw: bool = False) -> str:
+    """An HTML table; cells are escaped unless `raw` (then the caller escaped them)."""
+    head = "".join(f"<th>{h if raw else esc(h)}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
+        body.append(f"<tr{cls}>" + "".join(_td(c, raw) for c in row) + "</tr>")
+    return f"<div class='scroll'><table><tr>{head}</tr>{''.join(body)}</table></div>"
+
+
+# ------------------------------------------------------------------------------------------------ inputs
 def _failures(results_dir: Path, profile: str) -> dict[str, dict]:
     base = results_dir / profile
-    return {p.parent.name: read_json(p) for p in sorted(base.glob("*/failure.json"))} if base.is_dir() else {}
+    return {p.parent.name: read_json(p) or {} for p in sorted(base.glob("*/failure.json"))} if base.is_dir() else {}
+
+
+def status_of(name: str, m: dict | None, failures: dict) -> tuple[str, str]:
+    """(words, css class) for the results table; failure outranks collapse, which outranks ok."""
+    if name in failures:
+        return ("FAILED" + (" (numbers below are from an earlier run)" if m else ""), "failed")
+    if m is None:
+        return "not run", ""
+    if m.get("status", "ok") != "ok":
+        return f"status: {m.get('status')}", "failed"
+    if F.collapsed(m) and m.get("kind") != "data":
+        return "COLLAPSED (at most 2 points above the majority class)", "collapsed"
+    return "ok", ""
+
+
+def method_text(m: dict, config: dict) -> str:
+    label = m.get("method_label") or F.METHOD_LABELS.get(m.get("mode") or "") or \
+        F.METHOD_LABELS.get(m.get("method") or config.get("method") or config["kind"]) or \
+        (m.get("method") or config.get("method") or config["kind"])
+    if m.get("best_value") is not None and "best" not in label:
+        label += f" (sweep, best lr {_num(m['best_value'], 'g')})"
+    if m.get("quantization") and str(m["quantization"]).lower() not in label.lower():
+        label += f", {m['quantization']}"
+    return label
+
+
+# ------------------------------------------------------------------------------------------------ sections
+RESULT_HEADER = ["experiment", "method", "model", "status", "seeds", "trainable params (share)", "train time / seed",
+                 "throughput", "peak memory (MiB)", "size on disk", "acc. matched %", "acc. mismatched %",
+                 "macro-F1 m / mm", "majority class % m / mm"]
+
+
+def _pair(a: str, b: str) -> str:
+    return f"{a} / {b}" if a or b else ""
+
+
+def _trainable(m: dict) -> str:
+    count = m.get("trainable_params")
+    if count is None:
+        return ""
+    text = _num(count, ",.0f")
+    if m.get("trainable_share") is not None:
+        text += f" ({_num(100 * m['trainable_share'], '.3g')}%)"
+    return text
+
+
+def _throughput(m: dict) -> str:
+    parts = []
+    if m.get("train_samples_per_second"):
+        parts.append(f"{_num(m['train_samples_per_second'], '.1f')} train samples/s")
+    if m.get("examples_per_second"):
+        parts.append(f"{_num(m['examples_per_second'], '.1f')} scored ex/s")
+    return ", ".join(parts)
+
+
+def _memory(m: dict) -> str:
+    parts = []
+    if m.get("cpu_rss_peak_mb"):
+        parts.append(f"RAM {_num(m['cpu_rss_peak_mb'], '.0f')}")
+    if m.get("gpu_peak_mb"):
+        parts.append(f"GPU {_num(m['gpu_peak_mb'], '.0f')}")
+    return ", ".join(parts)
 
 
 def results_table(prof: Profile, results: dict, failures: dict) -> str:
-    head = ("<tr><th>experiment</th><th>model</th><th>method</th><th>status</th><th>trainable params</th>"
-            "<th>share</th><th>train time (s)</th><th>samples/s</th><th>peak RSS (MiB)</th>"
-            "<th>acc. matched %</th><th>acc. mismatched %</th><th>macro-F1 m.</th><th>majority m. %</th></tr>")
-    rows = []
+    rows, classes = [], []
     for name, config in prof.experiments.items():
         if config["kind"] == "data":
             continue
-        m, fail = results.get(name), failures.get(name)
-        if fail:
-            status, cls = "FAILED", "failed"
-        elif m is None:
-            status, cls = "not run", ""
-        elif m.get("collapsed"):
-            status, cls = "COLLAPSED (within 2 points of majority class)", "collapsed"
-        else:
-            status, cls = "ok", ""
+        m = results.get(name)
+        status, cls = status_of(name, m, failures)
+        if name in failures and m:
+            cls += " stale"
         m = m or {}
-        base = (m.get("majority_baseline") or {}).get("validation_matched", {})
-        cells = [name, m.get("model", config.get("model", "")), m.get("method", config.get("method", config["kind"])),
-                 status, f"{m['trainable_params']:,}" if m.get("trainable_params") is not None else "",
-                 pct(m.get("trainable_share")), f"{m['train_wall_time_s']:.0f}" if m.get("train_wall_time_s") else "",
-                 f"{m['train_samples_per_second']:.1f}" if m.get("train_samples_per_second") else "",
-                 f"{m['cpu_rss_peak_mb']:.0f}" if m.get("cpu_rss_peak_mb") else "",
-                 acc_cell(m.get("validation_matched")), acc_cell(m.get("validation_mismatched")),
-                 f"{m['validation_matched']['macro_f1']:.3f}" if m.get("validation_matched") else "",
-                 pct(base.get("accuracy"))]
-        rows.append(f'<tr class="{cls}">' + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+        base = m.get("majority_baseline") or {}
+        status_html = f'<span class="status-{cls.split()[0]}">{esc(status)}</span>' if cls else esc(status)
+        cells = [esc(name), esc(method_text(m, config)), esc(m.get("model", config.get("model", ""))), status_html,
+                 esc(len(m["seeds"]) if m.get("seeds") else ""), esc(_trainable(m)),
+                 esc(hms(m.get("train_wall_time_s"))), esc(_throughput(m)), esc(_memory(m)),
+                 esc(size_text(m.get("disk_size_bytes"))),
+                 esc(acc_cell(m.get(MATCHED))), esc(acc_cell(m.get(MISMATCHED))),
+                 esc(_pair(_num((m.get(MATCHED) or {}).get("macro_f1"), ".3f"),
+                           _num((m.get(MISMATCHED) or {}).get("macro_f1"), ".3f"))),
+                 esc(_pair(pct((base.get(MATCHED) or {}).get("accuracy")),
+                           pct((base.get(MISMATCHED) or {}).get("accuracy"))))]
+        rows.append(cells)
+        classes.append(cls)
+    if not rows:
+        return "<p>This profile has no model experiments.</p>"
+    note = ("<p class='note'>Accuracy is the mean over seeds ± the standard deviation where several seeds ran "
+            "(m: dev-matched, mm: dev-mismatched). Train time is h:mm:ss of training per seed (mean over seeds). "
+            "Throughput is training samples per second, or for prompting, scored examples per second. Peak "
+            "memory is the process's peak resident memory (and peak GPU memory where a GPU was used). A run is "
+            "COLLAPSED when its accuracy on either dev split is at most 2 points above always predicting the "
+            "training set's most frequent label (the majority class).</p>")
+    return table(RESULT_HEADER, rows, classes, raw=True) + note
+
+
+def status_banners(prof: Profile, results: dict, failures: dict) -> str:
+    parts = []
+    for name, fail in failures.items():
+        parts.append(f'<div class="banner bad"><b>FAILED: {esc(name)}</b> did not finish; the last lines of its '
+                     f'error:<pre>{esc(fail.get("error", "(no error text recorded)"))}</pre></div>')
+    gone = [n for n, m in results.items() if n not in failures and m.get("kind") != "data" and F.collapsed(m)]
+    if gone:
+        parts.append(f'<div class="banner warn"><b>COLLAPSED: {esc(", ".join(gone))}</b>: accuracy at most 2 '
+                     "points above the majority-class baseline on a dev split; these runs learned (almost) nothing "
+                     "and their numbers must not be read as the method's performance.</div>")
+    missing = [n for n in prof.experiments if n not in results and n not in failures]
+    if missing:
+        parts.append(f'<div class="banner info"><b>No results yet for {len(missing)} of {len(prof.experiments)} '
+                     f'experiment(s):</b> {esc(", ".join(missing))}. Run <code>nlilab run --profile '
+                     f"{esc(prof.name)}</code> to produce them.</div>")
+    return "".join(parts)
+
+
+def profile_statement(prof: Profile, results: dict) -> str:
+    """What the profile is, in plain words, from its own settings (data source, models, device)."""
+    configs = list(prof.experiments.values())
+    sources = {c["data"]["source"] for c in configs}
+    models = sorted({c["model"] for c in configs if c.get("model")})
+    from .models import ALIASES
+
+    stand_ins = models and all(m in ALIASES for m in models)
+    words = []
+    if prof.name == "tiny":
+        words.append("This is the smoke-test profile: a few dozen pairs and a few optimizer steps per method. Its "
+                     "numbers only show that every code path runs; they are not results.")
+    if stand_ins:
+        words.append(f"Small stand-in models ({', '.join(models)}) take the place of roberta-large and "
+                     "Llama-3-8B so that everything runs on a CPU without the model hub.")
+    if sources == {"bundled"}:
+        words.append("Training and scoring use the project's bundled, hand-written NLI set, not MultiNLI, so "
+                     "the numbers are not comparable with published MultiNLI results (or with the seed report).")
+    elif "local" in sources:
+        words.append("The data is a sample of real MultiNLI read from a local folder; with "
+                     + ("stand-in models " if stand_ins else "these models ")
+                     + "and a sample this size, the numbers are not comparable with published full-size results.")
+    elif "hub" in sources:
+        limited = any(c["data"].get("train_limit") or c["data"].get("eval_limit") for c in configs)
+        words.append("The data is MultiNLI from the Hugging Face hub"
+                     + (", cut to the profile's train_limit / eval_limit." if limited else ", in full."))
+    needs_gpu = any(c.get("device") == "cuda" for c in configs)
+    if needs_gpu or "hub" in sources:
+        words.append("This profile needs " + " and ".join(filter(None, [
+            "a GPU" if needs_gpu else "", "access to the Hugging Face hub" if "hub" in sources else ""]))
+                     + "; it cannot run on a machine without them, where nlilab stops within seconds and says why.")
+        if not any(n in results for n in prof.experiments if prof.experiments[n]["kind"] != "data"):
+            words.append("No results of this profile exist here, so every table below is empty: this is expected "
+                         "on a machine without a GPU and the hub, not an error of the report.")
+    return f'<div class="banner info"><b>What this profile is.</b> {esc(" ".join(words))}</div>' if words else ""
+
+
+def header_table(prof: Profile, results: dict) -> str:
+    record = next((m.get("run_record") for m in results.values() if m.get("run_record")), {}) or {}
+    fingerprints = sorted({m.get("data_fingerprint") for m in results.values() if m.get("data_fingerprint")})
+    sources = sorted({m.get("data_source") for m in results.values() if m.get("data_source")})
+    devices = sorted({(m.get("run_record") or {}).get("device") for m in results.values()} - {None})
+    commits = sorted({(m.get("run_record") or {}).get("git_commit") for m in results.values()} - {None})
+    versions = record.get("packages") or package_versions()
+    finished = sorted(m.get("finished_at") for m in results.values() if m.get("finished_at"))
+    rows = [("profile", f"{prof.name} ({prof.path.name})"), ("description", prof.description),
+            ("report built", time.strftime("%Y-%m-%d %H:%M %Z")),
+            ("experiments finished", f"{finished[0]} to {finished[-1]}" if finished else "none"),
+            ("git commit of the results", ", ".join(commits) or ""),
+            ("git commit of the report", git_commit() or ""), ("device", "; ".join(devices)),
+            ("data source", ", ".join(sources)), ("data fingerprint", ", ".join(fingerprints)),
+            ("packages", ", ".join(f"{k} {v}" for k, v in versions.items() if v))]
+    if len(fingerprints) > 1:
+        rows.append(("WARNING", "experiments were run on different data (several fingerprints): compare with care"))
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    return f"<table class='meta'>{body}</table>"
+
+
+def data_section(results: dict) -> str:
+    data = next((m for m in results.values() if m.get("kind") == "data"), None)
+    if not data:
+        return "<p>No data summary (the data experiment has not run).</p>"
+    sizes, dropped = data.get("data_sizes") or {}, data.get("dropped_unlabeled") or {}
+    labels, genres = data.get("label_counts") or {}, data.get("genre_counts") or {}
+    rows = [[split, sizes.get(split, ""), dropped.get(split, ""),
+             *[(labels.get(split) or {}).get(label, "") for label in LABELS], len(genres.get(split) or {}) or ""]
+            for split in sorted(set(sizes) | set(labels), key=lambda s: ("train", *EVAL_SPLITS).index(s)
+                                if s in ("train", *EVAL_SPLITS) else 9)]
+    return table(["split", "pairs", "dropped (no gold label)", *LABELS, "genres"], rows)
 
 
 def history_tables(results: dict) -> str:
@@ -87,40 +306,243 @@ def history_tables(results: dict) -> str:
         history = m.get("history")
         if not history:
             continue
-        rows = "".join(
-            "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in (
-                f"{row['epoch']:g}",
-                "" if row.get("train_loss") is None else f"{row['train_loss']:.4f}",
-                "" if row.get("validation_loss") is None else f"{row['validation_loss']:.4f}",
-                "" if row.get("accuracy") is None else pct(row["accuracy"]))) + "</tr>"
-            for row in history)
-        parts.append(f"<h3>{esc(name)}</h3><table><tr><th>epoch</th><th>training loss</th>"
-                     f"<th>validation loss</th><th>accuracy % (matched)</th></tr>{rows}</table>")
-    return "".join(parts)
+        rows = [[_num(row.get("epoch"), "g"), _num(row.get("train_loss"), ".4f"),
+                 _num(row.get("validation_loss"), ".4f"), pct(row.get("accuracy"))] for row in history]
+        parts.append(f"<div><h4>{esc(F.method_label(name, m))}</h4>"
+                     + table(["epoch", "training loss", "validation loss", "accuracy % (matched)"], rows) + "</div>")
+    return "<div class='grid'>" + "".join(parts) + "</div>" if parts else ""
+
+
+def _cite(ref: Reference) -> str:
+    words = esc(ref.source.title)
+    return f'<a class="cite" href="{esc(ref.source.url)}">{words}</a>' if ref.source.url else words
+
+
+def seed_side_by_side(results: dict) -> str:
+    """The seed report's three numbers next to this run's experiments of the same method."""
+    rows = []
+    for ref in SEED_REPORT:
+        ours = [(n, m) for n, m in results.items() if m.get("method") == ref.method and m.get("kind") == "encoder"]
+        ours_text = "; ".join(f"{F.method_label(n, m)}: {acc_cell(m.get(MATCHED))}%" for n, m in ours) or "not run"
+        times = "; ".join(hms(m.get("train_wall_time_s")) for n, m in ours if m.get("train_wall_time_s"))
+        rows.append([ref.label, ref.accuracy, ref.train_time or "", ref.recipe, ours_text, times])
+    return table(["method", "seed report: accuracy % (reference)", "seed report: time (reference)",
+                  "seed report: recipe", "this run: accuracy % matched", "this run: train time per seed"], rows)
+
+
+def references_table() -> str:
+    rows = [[esc(r.label), esc(r.model), esc(r.accuracy), esc(r.split), esc(r.train_time or ""), esc(r.recipe),
+             _cite(r)] for r in (*SEED_REPORT, *PUBLISHED)]
+    return ('<div class="banner ref"><b>References, not this run\'s results.</b> Published or reported figures for '
+            "the full-size models on MultiNLI, for orientation only: they were measured elsewhere, with other "
+            "models, data and hardware than this profile's.</div>"
+            + table(["method", "model", "accuracy %", "split", "training time", "recipe", "source"], rows, raw=True))
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def _figure(alt: str, caption: str, draw) -> str:
+    """One embedded plot; a plot that cannot be drawn says so instead of breaking the report."""
+    from .plots import to_data_uri
+
+    try:
+        fig = draw()
+    except Exception as exc:  # noqa: BLE001 - a missing field in one result must not lose the whole report
+        return f'<p class="banner warn">Plot "{esc(alt)}" could not be drawn: {esc(type(exc).__name__)}: {esc(exc)}</p>'
+    return f'<figure><img alt="{esc(alt)}" src="{to_data_uri(fig)}"><figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def _side_by_side(figures: list[str]) -> str:
+    """Figures side by side where the page is wide enough (scaled down to fit)."""
+    return "<div class='figs'>" + "".join(f"<div>{f}</div>" for f in figures) + "</div>" if figures else ""
+
+
+def plots_section(results: dict) -> str:
+    from . import plots
+
+    parts = []
+    histories = {n: [row for row in m.get("history") or [] if row.get("epoch") is not None]
+                 for n, m in results.items()}
+    histories = {n: h for n, h in histories.items() if h}
+    if histories:
+        parts.append(_figure("learning curves", "Training loss, validation loss and dev-matched accuracy per epoch "
+                             "for every trained method (mean over seeds).",
+                             lambda: plots.learning_curves(histories)))
+
+    def cost_rows(key):
+        return [{"label": n, "x": m[key], "accuracy": 100 * F.accuracy(m), "baseline": 100 * F.baseline(m)
+                 if F.baseline(m) is not None else None, "collapsed": F.collapsed(m)}
+                for n, m in results.items() if m.get(key) and F.accuracy(m) is not None]
+
+    by_params, by_time = cost_rows("trainable_params"), cost_rows("train_wall_time_s")
+    untrained = [n for n, m in results.items() if m.get("trainable_params") == 0]
+    skip = f" Not shown: {', '.join(untrained)} (no trained parameters)." if untrained else ""
+    pair = []
+    if by_params:
+        pair.append(_figure("accuracy against trainable parameters", "Dev-matched accuracy against the number of "
+                             "trainable parameters (log scale); hollow red points collapsed." + skip,
+                             lambda: plots.accuracy_scatter(by_params, "trainable parameters (log scale)", log_x=True)))
+    if by_time:
+        pair.append(_figure("accuracy against training time", "Dev-matched accuracy against training wall time per "
+                             "seed." + skip,
+                             lambda: plots.accuracy_scatter(by_time, "training time per seed (s)")))
+    parts.append(_side_by_side(pair))
+    pair = []
+    for split in EVAL_SPLITS:
+        matrices = {n: m[split]["confusion"] for n, m in results.items() if (m.get(split) or {}).get("confusion")}
+        if matrices:
+            pair.append(_figure(f"confusion matrices {split}", f"Confusion matrices on {split} (rows: gold label, "
+                                 "columns: prediction; counts summed over seeds).",
+                                 lambda mats=matrices, s=split: plots.confusion_grid(mats, s)))
+    # Two grids of up to three matrices fit side by side; more would shrink them past reading.
+    few = sum(1 for m in results.values() if (m.get(MATCHED) or {}).get("confusion")) <= 3
+    parts.append(_side_by_side(pair) if few else "".join(pair))
+    genre_tables = {s: {n: m[s]["per_genre"] for n, m in results.items() if (m.get(s) or {}).get("per_genre")}
+                    for s in EVAL_SPLITS}
+    if any(genre_tables.values()):
+        parts.append(_figure("accuracy per genre", "Accuracy per genre on the matched split (genres seen in "
+                             "training) and the mismatched split (genres never seen).",
+                             lambda: plots.per_genre_heatmaps(genre_tables)))
+    last = []  # the sweep and prompting figures, side by side
+    sweeps = {n: m for n, m in results.items() if (m.get("sweep") or {}).get("points")}
+    def sweep_series(m):
+        return {s: [{"value": p["value"], "accuracy": p[s]["accuracy"], "accuracy_std": p[s].get("accuracy_std"),
+                     "collapsed": p.get("collapsed")} for p in m["sweep"]["points"]
+                    if p.get("value") is not None and (p.get(s) or {}).get("accuracy") is not None]
+                for s in EVAL_SPLITS}
+
+    for name, m in sweeps.items():
+        last.append(_figure(f"learning-rate sweep {name}", f"{F.method_label(name, m)}: accuracy against the "
+                             "learning rate (log scale), error bars the spread over seeds.",
+                             lambda m=m: plots.accuracy_vs_learning_rate(sweep_series(m), F.baseline(m))))
+    prompting = {n: m for n, m in results.items() if m.get("kind") == "prompting"
+                 and (m.get(MATCHED) or {}).get("prediction_distribution")}
+    if prompting:
+        def distributions():
+            first = next(iter(prompting.values()))[MATCHED]
+            gold = {label: sum(row) for label, row in zip(LABELS, first.get("confusion") or [])}
+            dists = {"gold labels": gold} if sum(gold.values()) else {}
+            dists.update({n: m[MATCHED]["prediction_distribution"] for n, m in prompting.items()})
+            return plots.prediction_shares(dists)
+
+        last.append(_figure("prompting prediction distribution", "Share of each predicted label on dev-matched for "
+                             "the prompting experiments, under the gold labels' own shares: a prompt that always "
+                             "answers one label shows as a single colour.", distributions))
+    parts.append(_side_by_side(last))
+    if not sweeps:
+        parts.append("<p class='note'>No learning-rate sweep in this profile's results.</p>")
+    if not prompting:
+        parts.append("<p class='note'>No prompting experiment in this profile's results.</p>")
+    return "".join(parts) or "<p>No results to plot.</p>"
+
+
+# ------------------------------------------------------------------------------------------------ prose
+def findings_section(found: list) -> str:
+    if not found:
+        return "<p>No findings: no experiment has a result yet.</p>"
+    parts = []
+    for title, items in F.by_topic(found):
+        parts.append(f"<h3>{esc(title)}</h3><ul class='findings'>"
+                     + "".join(f"<li>{esc(f.text)}</li>" for f in items) + "</ul>")
+    return ("<p class='note'>Each sentence below is generated from the numbers in the results; none is written "
+            "by hand.</p>" + "".join(parts))
+
+
+def notes_section(results: dict, found: list) -> str:
+    from .notes import all_notes
+
+    return "".join(f"<h3>{esc(title)}</h3>{''.join(paras)}" for title, paras in all_notes(results, found))
+
+
+# ------------------------------------------------------------------------------------------------ notebooks
+NOTEBOOK_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block extra_css -%}
+<style>details.nl-code{margin:.2em 0}details.nl-code>summary{cursor:pointer;color:#57606a;font-size:12px;
+font-family:system-ui,sans-serif;padding:2px 0 2px 70px}.nl-bar{font-family:system-ui,sans-serif;font-size:14px;
+padding:8px 12px;background:#eef4fb;border-bottom:1px solid #9dbbe0}.nl-bar a{color:#0b57d0;
+text-decoration:underline}</style>
+{%- endblock extra_css -%}
+{%- block body_header -%}{{ super() }}
+<div class="nl-bar">MARK Code cells are folded: click <b>code</b> above a cell's output to show it.
+<a href="../index.html">Back to the report</a></div>
+{%- endblock body_header -%}
+{% block input_group -%}
+<details class="nl-code"><summary>code</summary>{{ super() }}</details>
+{%- endblock input_group %}
+""".replace("MARK", NOTEBOOK_MARK)
+
+
+def notebook_exporter():
+    """nbconvert's lab page without its CDN scripts (require.js, MathJax, mermaid, widgets), code folded."""
+    import jinja2
+    from nbconvert import HTMLExporter
+
+    loader = jinja2.DictLoader({"nlilab_notebook.html.j2": NOTEBOOK_TEMPLATE})
+    return HTMLExporter(template_name="lab", template_file="nlilab_notebook.html.j2", extra_loaders=[loader],
+                        embed_images=True)
+
+
+def without_css_comments(page: str) -> str:
+    """Drop comments inside <style> blocks: JupyterLab's stylesheets credit their sources with web addresses,
+    and the page should carry none but citations."""
+    def clean(match):
+        return match.group(1) + re.sub(r"/\*.*?\*/", "", match.group(2), flags=re.S) + match.group(3)
+
+    return re.sub(r"(<style[^>]*>)(.*?)(</style>)", clean, page, flags=re.S | re.I)
+
+
+def render_notebooks(prof: Profile, reports_dir: Path) -> None:
+    """Executed notebook -> HTML beside it (images embedded), redone when the notebook or the template changed."""
+    exporter = None
+    for name in prof.experiments:
+        source = reports_dir / prof.name / "notebooks" / f"{name}.ipynb"
+        target = source.with_suffix(".html")
+        if not source.is_file():
+            continue
+        if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime and \
+                NOTEBOOK_MARK in target.read_text(encoding="utf-8", errors="replace"):
+            continue
+        exporter = exporter or notebook_exporter()
+        body, _ = exporter.from_filename(str(source))
+        body = without_css_comments(body)
+        tmp = target.with_suffix(".html.tmp")
+        tmp.write_text(body, encoding="utf-8")
+        tmp.replace(target)
 
 
 def notebook_links(prof: Profile, reports_dir: Path) -> str:
     items = []
-    for name in prof.experiments:
+    for name, config in prof.experiments.items():
         page = reports_dir / prof.name / "notebooks" / f"{name}.html"
         if page.is_file():
-            items.append(f'<li><a href="notebooks/{esc(page.name)}">{esc(name)}</a></li>')
+            items.append(f'<li><a href="notebooks/{esc(page.name)}">{esc(name)}</a> '
+                         f"<span class='note'>({esc(config['notebook'])}.ipynb, executed)</span></li>")
         else:
-            items.append(f"<li>{esc(name)} (no executed notebook)</li>")
-    return "<ul>" + "".join(items) + "</ul>"
+            items.append(f"<li>{esc(name)} <span class='note'>(no executed notebook)</span></li>")
+    return ("<p>Each experiment's executed notebook, rendered as a page with its code folded away (open a cell's "
+            "<b>code</b> marker to read it).</p><ul>" + "".join(items) + "</ul>")
 
 
-def render_notebooks(prof: Profile, reports_dir: Path) -> None:
-    """Executed notebook -> HTML beside it, images embedded."""
-    from nbconvert import HTMLExporter
+# ------------------------------------------------------------------------------------------------ the page
+SECTIONS = (("results", "Results"), ("seed", "The seed's tables"), ("plots", "Plots"), ("findings", "Findings"),
+            ("notes", "Method notes"), ("data", "Data"), ("notebooks", "Notebooks"))
 
-    exporter = HTMLExporter(template_name="lab", embed_images=True)
-    for name in prof.experiments:
-        source = reports_dir / prof.name / "notebooks" / f"{name}.ipynb"
-        target = source.with_suffix(".html")
-        if source.is_file() and (not target.is_file() or target.stat().st_mtime < source.stat().st_mtime):
-            body, _ = exporter.from_filename(str(source))
-            target.write_text(body, encoding="utf-8")
+
+def _section_error(what: str, exc: Exception) -> str:
+    return (f'<div class="banner bad">The {esc(what)} could not be built from these results: '
+            f"{esc(type(exc).__name__)}: {esc(exc)}</div>")
+
+
+def guarded(what: str, build) -> str:
+    """One section of the page; a result file the section cannot read shows as a visible error in its place
+    instead of costing the whole report (the tests require every section to build from the fixtures)."""
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - the rest of the report is still worth having
+        return _section_error(what, exc)
 
 
 def build_report(prof: Profile | str, results_dir=None, reports_dir=None) -> Path:
@@ -128,45 +550,42 @@ def build_report(prof: Profile | str, results_dir=None, reports_dir=None) -> Pat
     first = next(iter(prof.experiments.values()))
     results_dir = Path(results_dir or first["results_dir"])
     reports_dir = Path(reports_dir or first["reports_dir"])
-    results = load_results(results_dir, prof.name)
-    results = {k: v for k, v in results.items() if k in prof.experiments}
-    failures = _failures(results_dir, prof.name)
+    loaded = load_results(results_dir, prof.name)
+    results = {k: loaded[k] for k in prof.experiments if loaded.get(k)}  # in the profile's order
+    failures = {k: v for k, v in _failures(results_dir, prof.name).items() if k in prof.experiments}
     render_notebooks(prof, reports_dir)
-    sections = [f"<h1>nlilab report: profile <code>{esc(prof.name)}</code></h1>",
-                f"<p>{esc(prof.description)}</p>", _header(prof, results)]
-    if failures:
-        sections.append("<h2>Failures</h2>" + "".join(
-            f'<div class="banner bad"><b>{esc(n)}</b> failed:<pre>{esc(f["error"])}</pre></div>'
-            for n, f in failures.items()))
-    sections += ["<h2>Results</h2>", results_table(prof, results, failures),
-                 "<h2>Per-epoch history</h2>", history_tables(results) or "<p>No trained experiment.</p>",
-                 _curves(results), "<h2>Executed notebooks</h2>", notebook_links(prof, reports_dir)]
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>nlilab: {esc(prof.name)}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>")
+    usable = F.scored(results, failures)
+    try:
+        found = F.compute(results, failures)
+        findings_html = findings_section(found)
+    except Exception as exc:  # noqa: BLE001 - as in guarded()
+        found, findings_html = [], _section_error("findings", exc)
+    nav = "<nav>" + "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title in SECTIONS) + "</nav>"
+    sections = [
+        f"<h1>nlilab report: profile <code>{esc(prof.name)}</code></h1>", nav,
+        guarded("profile statement", lambda: profile_statement(prof, results)),
+        guarded("status banners", lambda: status_banners(prof, results, failures)),
+        guarded("run record", lambda: header_table(prof, results)),
+        '<h2 id="results">Results</h2>', guarded("results table", lambda: results_table(prof, results, failures)),
+        '<h2 id="seed">The seed\'s tables, side by side</h2>',
+        "<h3>Per-epoch history of each trained method (this run)</h3>",
+        guarded("per-epoch tables", lambda: history_tables(usable) or "<p>No trained experiment has a history.</p>"),
+        "<h3>The seed report's numbers next to this run's</h3>",
+        guarded("seed table", lambda: seed_side_by_side(usable)),
+        "<h3>Reference figures</h3>", references_table(),
+        '<h2 id="plots">Plots</h2>', guarded("plots", lambda: plots_section(usable)),
+        '<h2 id="findings">Findings</h2>', findings_html,
+        '<h2 id="notes">Method notes</h2>', guarded("method notes", lambda: notes_section(usable, found)),
+        '<h2 id="data">Data</h2>', guarded("data summary", lambda: data_section(results)),
+        '<h2 id="notebooks">Executed notebooks</h2>', notebook_links(prof, reports_dir),
+    ]
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>nlilab: {esc(prof.name)}</title><style>{STYLE}</style></head><body>{''.join(sections)}"
+            "</body></html>")
     out = reports_dir / prof.name / "index.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
     return out
-
-
-def _header(prof: Profile, results: dict) -> str:
-    record = next((m.get("run_record") for m in results.values() if m.get("run_record")), {}) or {}
-    fingerprints = sorted({m.get("data_fingerprint") for m in results.values() if m.get("data_fingerprint")})
-    sources = sorted({m.get("data_source") for m in results.values() if m.get("data_source")})
-    versions = record.get("packages") or package_versions()
-    rows = [("profile", prof.name), ("generated", time.strftime("%Y-%m-%d %H:%M %Z")),
-            ("git commit", record.get("git_commit") or git_commit()), ("device", record.get("device", "")),
-            ("data source", ", ".join(sources)), ("data fingerprint", ", ".join(fingerprints)),
-            ("packages", ", ".join(f"{k} {v}" for k, v in versions.items() if v))]
-    return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
-
-
-def _curves(results: dict) -> str:
-    histories = {name: m.get("history") for name, m in results.items() if m.get("history")}
-    if not histories:
-        return ""
-    from .plots import learning_curves, to_data_uri
-
-    return f'<h3>Learning curves</h3><img alt="learning curves" src="{to_data_uri(learning_curves(histories))}">'

@@ -4,6 +4,10 @@ An experiment's cache key hashes everything its result depends on: its notebook,
 nlilab modules its notebook uses (followed through their imports), and the data's fingerprint. A finished
 experiment with the same key is skipped. A failing notebook is recorded (`failure.json`, the error's last lines)
 and the others still run; the command then exits non-zero.
+
+Before the first notebook starts, a preflight checks in seconds what this machine must provide (a GPU for
+GPU-only settings, the hub for hub models and data) and stops with one message if it cannot. A rerun resumes
+what a killed run of the same inputs left (`attempt_key.json` says which inputs that is) and discards the rest.
 """
 
 from __future__ import annotations
@@ -12,20 +16,30 @@ import ast
 import hashlib
 import json
 import re
+import shutil
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import data_fingerprint
+from .data import data_fingerprint, ensure_hub_dataset_available
+from .errors import NlilabError
+from .models import ALIASES, ensure_hub_model_available
 from .params import Profile, load_profile, with_output_dirs
 from .results import METRICS, atomic_write_json, read_json
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CACHE_FILE = "cache_key.json"
 FAILURE_FILE = "failure.json"
+ATTEMPT_FILE = "attempt_key.json"  # the key of the inputs that the folder's partial state belongs to
 VOLATILE_KEYS = ("results_dir", "reports_dir", "notebooks_dir", "output_dir")
+# Imports that only validate a profile: they may reject it, never change a result. Following them would make every
+# notebook depend on every kind's module (params checks prompt files with nlilab.prompting), so that an edit to
+# the prompting code would rerun every fine-tuning experiment.
+VALIDATION_IMPORTS = {"params": {"prompting"}}
+# Files inside the package that a module reads at run time: part of the source of whatever uses that module.
+PACKAGE_DATA = {"prompting": ("prompts",)}
 
 
 # ------------------------------------------------------------------------------------------------ cache keys
@@ -46,7 +60,7 @@ def _module_imports(module: str) -> set[str]:
                     found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.Import):
             found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("nlilab."))
-    return {m for m in found if (PACKAGE_DIR / f"{m}.py").is_file()}
+    return {m for m in found if (PACKAGE_DIR / f"{m}.py").is_file()} - VALIDATION_IMPORTS.get(module, set())
 
 
 def notebook_modules(notebook: Path) -> set[str]:
@@ -54,8 +68,9 @@ def notebook_modules(notebook: Path) -> set[str]:
     nb = json.loads(notebook.read_text(encoding="utf-8"))
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     names = set(re.findall(r"nlilab\.(\w+)", code))
-    for group in re.findall(r"from nlilab import \(?([\w ,\n]+)\)?", code):
-        names.update(n.strip().split(" as ")[0] for n in group.split(",") if n.strip())
+    # `from nlilab import a, b as c` ends at the line's end; only a parenthesized list spans lines
+    for inside, line in re.findall(r"from nlilab import (?:\(([^)]*)\)|([\w \t,]+))", code):
+        names.update(n.strip().split(" as ")[0] for n in (inside or line).split(",") if n.strip())
     todo = {n for n in names if (PACKAGE_DIR / f"{n}.py").is_file()} | {"__init__"}
     seen: set[str] = set()
     while todo:
@@ -71,6 +86,10 @@ def cache_key(config: dict) -> dict:
     source = hashlib.sha256()
     for module in modules:
         source.update(module.encode() + b"\0" + (PACKAGE_DIR / f"{module}.py").read_bytes())
+        for folder in PACKAGE_DATA.get(module, ()):
+            for path in sorted((PACKAGE_DIR / folder).rglob("*")):
+                if path.is_file() and "__pycache__" not in path.parts:
+                    source.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes())
     params = {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
     parts = {
         "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
@@ -101,8 +120,15 @@ def kernel_name() -> str:
     return "nlilab" if "nlilab" in find_kernel_specs() else "python3"
 
 
+def _user_error_names(cls) -> set[str]:
+    return {cls.__name__}.union(*(_user_error_names(sub) for sub in cls.__subclasses__()))
+
+
 def error_tail(exc: BaseException, lines: int = 12) -> str:
-    """The last lines of the error, as a user would want to read them in the report."""
+    """The last lines of the error, as a user would want to read them in the report. An NlilabError raised in
+    the notebook (bad input, missing GPU) is its message alone: it names the culprit, a traceback adds nothing."""
+    if getattr(exc, "ename", None) in _user_error_names(NlilabError):
+        return f"{exc.ename}: {exc.evalue}"
     text = "".join(traceback.format_exception_only(type(exc), exc))
     tb = getattr(exc, "traceback", None)  # papermill's error carries the kernel's traceback
     if tb:
@@ -133,12 +159,28 @@ class Outcome:
     error: str | None = None
 
 
-def run_experiment(config: dict, force: bool = False) -> Outcome:
+def reset_stale_state(out: Path, key: dict, force: bool = False) -> None:
+    """Before (re)running: keep what a killed run of the *same* inputs left (finished seeds, the Trainer's
+    checkpoints) so the notebook resumes from it; delete what other inputs left, which the notebook would
+    otherwise read back as if it were new (everything, with --force). The last metrics.json stays until the new
+    one replaces it, so the report can still show it, marked as from an earlier run."""
+    previous = read_json(out / ATTEMPT_FILE) or read_json(out / CACHE_FILE)
+    if out.is_dir() and (force or not previous or previous.get("key") != key["key"]):
+        for entry in out.iterdir():
+            if entry.name not in (METRICS, FAILURE_FILE, CACHE_FILE, ATTEMPT_FILE):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    # Until the notebook finishes, there is no cache key: a run killed now is never taken for a fresh one.
+    (out / CACHE_FILE).unlink(missing_ok=True)
+    atomic_write_json(out / ATTEMPT_FILE, key)
+
+
+def run_experiment(config: dict, force: bool = False, key: dict | None = None) -> Outcome:
     out = Path(config["output_dir"])
-    key = cache_key(config)
+    key = key or cache_key(config)
     if not force and is_fresh(config, key):
         return Outcome(config["name"], "skipped", 0.0)
     started = time.perf_counter()
+    reset_stale_state(out, key, force)
     try:
         execute(config)
         metrics = read_json(out / METRICS)
@@ -155,6 +197,65 @@ def run_experiment(config: dict, force: bool = False) -> Outcome:
     return Outcome(config["name"], "ran", time.perf_counter() - started)
 
 
+# ------------------------------------------------------------------------------------------------ preflight
+def _once(checked: dict, what: tuple, check) -> None:
+    """Run `check` once per hub id and run: each probe of an unreachable hub may wait for a network timeout."""
+    if what not in checked:
+        try:
+            check()
+            checked[what] = None
+        except NlilabError as exc:
+            checked[what] = exc
+    if checked[what] is not None:
+        raise checked[what]
+
+
+def environment_problems(config: dict, checked: dict | None = None) -> list[str]:
+    """What this machine cannot give the experiment: a GPU-only setting without a GPU, a hub model or dataset
+    neither cached nor reachable. Such settings are refused, never silently changed."""
+    checked = {} if checked is None else checked
+    checks = []
+    if config["kind"] != "data" and (config.get("device") == "cuda" or config.get("precision", "fp32") != "fp32"):
+        from .training import resolve_device  # imports torch: only when a GPU may be needed
+
+        checks.append(lambda: resolve_device(config))
+    model = config.get("model")
+    # params validation left three kinds of name: an alias, an existing folder, or a hub id
+    if isinstance(model, str) and model not in ALIASES and not Path(model).expanduser().is_dir():
+        checks.append(lambda: _once(checked, ("model", model), lambda: ensure_hub_model_available(model)))
+    if config["data"]["source"] == "hub":
+        hub_id = config["data"]["hub_id"]
+        checks.append(lambda: _once(checked, ("dataset", hub_id), lambda: ensure_hub_dataset_available(hub_id)))
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except NlilabError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def preflight(prof: Profile, configs: list[dict], force: bool = False) -> dict[str, dict]:
+    """Before the first notebook starts, check in seconds what can be checked: the data files (hashed for the
+    cache keys) and, for each experiment that will run, what it needs from this machine. One message lists
+    every problem; returns the cache keys by experiment."""
+    keys, problems, checked = {}, {}, {}
+    for config in configs:
+        try:
+            keys[config["name"]] = key = cache_key(config)
+            found = environment_problems(config, checked) if force or not is_fresh(config, key) else []
+        except NlilabError as exc:
+            found = [str(exc)]
+        for message in found:
+            problems.setdefault(message, []).append(config["name"])
+    if problems:
+        lines = [f"  experiments {', '.join(names)}: {message}" for message, names in problems.items()]
+        failing = {name for names in problems.values() for name in names}
+        raise NlilabError(f"{prof.path}: nothing was run; {len(failing)} experiment(s) cannot run on this "
+                          "machine:\n" + "\n".join(lines))
+    return keys
+
+
 def run_profile(profile: str | Profile, force: bool = False, only: list[str] | None = None,
                 results_dir=None, reports_dir=None, render: bool = True) -> list[Outcome]:
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
@@ -167,10 +268,12 @@ def run_profile(profile: str | Profile, force: bool = False, only: list[str] | N
             raise ParamsError(f"{prof.path}: --only names unknown experiment(s) {', '.join(unknown)}; "
                               f"the profile has {', '.join(names)}")
         names = [n for n in names if n in only]
+    configs = [with_output_dirs(prof, name, results_dir, reports_dir) for name in names]
+    preflight(prof, configs, force)
     outcomes = []
-    for index, name in enumerate(names, start=1):
-        config = with_output_dirs(prof, name, results_dir, reports_dir)
+    for index, (name, config) in enumerate(zip(names, configs), start=1):
         print(f"[{index}/{len(names)}] {name} ({config['notebook']})", flush=True)
+        # the key is taken again just before the notebook starts: the source may be edited during a long run
         outcome = run_experiment(config, force=force)
         print(f"[{index}/{len(names)}] {name}: {outcome.status} in {outcome.seconds:.1f} s", flush=True)
         if outcome.error:

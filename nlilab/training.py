@@ -57,26 +57,6 @@ def tokenize_splits(data, tokenizer, max_length: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ history
-def _history_callback():
-    from transformers import TrainerCallback
-
-    class History(TrainerCallback):
-        """Collects step losses and per-epoch evaluation into plain lists (kept in the Trainer's state)."""
-
-        def __init__(self):
-            self.steps, self.evals = [], []
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            if "loss" in logs:
-                self.steps.append({"step": state.global_step, "epoch": state.epoch, "loss": logs["loss"]})
-            if "eval_loss" in logs:
-                self.evals.append({"epoch": state.epoch, "validation_loss": logs["eval_loss"],
-                                   "accuracy": logs.get("eval_accuracy")})
-
-    return History()
-
-
 def epoch_history(steps: list[dict], evals: list[dict]) -> list[dict]:
     """The seed report's table: epoch, training loss (mean of the epoch's logged losses), validation loss,
     validation accuracy."""
@@ -98,7 +78,8 @@ def _accuracy(eval_pred):
 
 
 # ------------------------------------------------------------------------------------------------ training
-def training_arguments(config: dict, run_dir: Path, seed: int, device: str, learning_rate: float | None = None):
+def training_arguments(config: dict, run_dir: Path, seed: int, device: str, learning_rate: float | None = None,
+                       evaluate: bool = True):
     from transformers import TrainingArguments
 
     train = config["train"]
@@ -131,38 +112,58 @@ def training_arguments(config: dict, run_dir: Path, seed: int, device: str, lear
     )
     if train["group_by_length"]:
         kwargs["train_sampling_strategy"] = "group_by_length"
+    if not evaluate:  # benchmarks time the optimisation alone
+        kwargs.update(eval_strategy="no", save_strategy="no", eval_steps=None, save_steps=None)
     return TrainingArguments(**kwargs)
 
 
 def _last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* checkpoint. The Trainer writes a checkpoint in place, trainer_state.json last, so a
+    run killed while saving leaves a folder without it (or with half of it); resuming from that folder would
+    crash. The previous checkpoint is still there: the Trainer deletes old ones only after saving a new one."""
+    import json
+    import re
 
-    folder = run_dir / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    found = []
+    for path in (run_dir / "checkpoints").glob("checkpoint-*"):
+        step = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if step:
+            found.append((int(step.group(1)), str(path)))
+    return max(found)[1] if found else None
+
+
+def build_trainer(model, tokenizer, tokenized: dict, config: dict, seed: int, run_dir: Path,
+                  learning_rate: float | None = None, evaluate: bool = True):
+    """The Trainer every trained method uses: dynamic padding (each batch padded to its own longest row),
+    length-grouped batches, per-epoch evaluation on dev-matched. `evaluate=False` is for benchmarks."""
+    from transformers import DataCollatorWithPadding, Trainer
+
+    args = training_arguments(config, Path(run_dir), seed, resolve_device(config), learning_rate, evaluate)
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation_matched"] if evaluate else None,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=_accuracy,
+    )
 
 
 def fit_and_evaluate(model, tokenizer, tokenized: dict, data, config: dict, seed: int, run_dir: Path,
                      save=None, learning_rate: float | None = None, keep_model: bool = True) -> dict:
     """Train one seed (resuming from its last checkpoint if a previous run was killed), score both dev
     splits, save what reuse needs, and write `run.json` atomically. A finished seed is read back, not rerun."""
-    from transformers import DataCollatorWithPadding, Trainer
-
     run_dir = Path(run_dir)
     finished = read_json(run_dir / RUN_FILE)
     if finished is not None:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # left if killed just after run.json
         return finished
-    device = resolve_device(config)
-    history = _history_callback()
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(config, run_dir, seed, device, learning_rate),
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation_matched"],
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
-        compute_metrics=_accuracy,
-        callbacks=[history],
-    )
+    trainer = build_trainer(model, tokenizer, tokenized, config, seed, run_dir, learning_rate)
     resume = _last_checkpoint(run_dir)
     started = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=resume)
@@ -188,9 +189,10 @@ def fit_and_evaluate(model, tokenizer, tokenized: dict, data, config: dict, seed
     run["disk_size_bytes"] = dir_size_bytes(model_dir)
     if not keep_model:
         shutil.rmtree(model_dir, ignore_errors=True)
-    # Checkpoints exist only to survive a crash; once the seed is finished they are dead weight.
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     atomic_write_json(run_dir / RUN_FILE, run)
+    # Checkpoints exist only to survive a crash; once run.json is written they are dead weight. (Deleted after
+    # it, not before: a kill while deleting gigabytes must not cost the finished seed.)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return run
 
 

