@@ -34,6 +34,8 @@ def method_label(name: str, m: dict) -> str:
     """'LoRA (lora_seed)': the method's words, then the experiment's name, which the tables use."""
     label = m.get("method_label") or METHOD_LABELS.get(m.get("mode") or "") or \
         METHOD_LABELS.get(m.get("method") or m.get("kind") or "", m.get("method") or m.get("kind") or name)
+    if m.get("kind") == "qlora" and "qlora" not in label.lower():
+        label = f"QLoRA {label}"  # the notebook's label describes the classifier, not the family
     return label if label == name else f"{label} ({name})"
 
 
@@ -162,6 +164,10 @@ def versus_full(results: dict) -> list[Finding]:
             text += (f", training {ratio:.0f} times fewer parameters" if ratio >= 1.5 else
                      f", training {1 / ratio:.1f} times as many parameters" if ratio < 1 / 1.5 else
                      f", training about as many parameters ({millions(trainable)} vs {millions(ref_trainable)})")
+        ours, theirs = m.get("data_fingerprint"), ref_m.get("data_fingerprint")
+        if ours and theirs and ours != theirs:  # e.g. prompting scored on fewer dev pairs to save time
+            values["same_data"] = False
+            text += f" (caution: scored on other data, fingerprint {ours} against {theirs})"
         out.append(Finding("versus_full", text + ".", values))
     return out
 
@@ -404,6 +410,8 @@ def compute(results: dict, failures: dict | None = None) -> list[Finding]:
     out = failures_found(failures) + best_method(usable) + collapses(usable) + versus_full(usable)
     out += lora_seed_settings(usable) + lr_sweep(usable) + per_million(usable) + training_time(usable)
     out += matched_gap(usable) + prompting(usable) + quantization(usable)
+    for f in out:  # a sentence starts with a capital, even when it starts with a method's name
+        f.text = f.text[:1].upper() + f.text[1:]
     order = {topic: i for i, (topic, _) in enumerate(TOPICS)}
     return sorted(out, key=lambda f: order.get(f.topic, len(order)))  # stable: keeps order within a topic
 

@@ -20,6 +20,7 @@ LINKS = {
     "qlora": "https://arxiv.org/abs/2305.14314",
     "harness": "https://github.com/EleutherAI/lm-evaluation-harness",
     "roberta": "https://arxiv.org/abs/1907.11692",
+    "peft_ptuning": "https://github.com/huggingface/peft/tree/main/examples/sequence_classification",
 }
 
 
@@ -85,7 +86,9 @@ def prompts(results: dict, findings: list[Finding]) -> tuple[str, list[str]]:
         f"{cite('prefix', 'Li and Liang 2021')}; P-tuning v2, {cite('ptuning_v2', 'Liu et al. 2022')}) instead "
         "give every layer its own learned keys and values to attend to, so the prompt acts at every depth rather "
         "than having to steer the whole network from the first layer. Shallow soft prompts on a frozen encoder "
-        "often end up predicting the majority class, so both are reported next to that baseline.</p>",
+        "often end up predicting the majority class (PEFT's own "
+        f"{cite('peft_ptuning', 'P-tuning example')} ends barely above it on MRPC), so both are reported next "
+        "to that baseline.</p>",
     ]
     sentences = _measured(findings, "versus_full", soft)
     sentences += [f.text for f in findings if f.topic == "collapse" and f.values.get("experiment") in soft + hard]

@@ -239,6 +239,10 @@ class DemoPlan:
         """Examples with the same demonstration share a prompt prefix (computed once)."""
         return (index + self.seed) % len(self.rows) if self.rotate and self.rows else 0
 
+    def groups(self) -> list[list[dict]]:
+        """The demonstrations of each group, in group order (one empty group for zero-shot)."""
+        return [[row] for row in self.rows] if self.rotate and self.rows else [self.for_example(0)]
+
     def record(self) -> list[dict]:
         return [{"pairID": r["pairID"], "label": LABELS[r["label"]], "premise": r["premise"],
                  "hypothesis": r["hypothesis"]} for r in self.rows]
@@ -383,7 +387,7 @@ class LoglikScorer:
         plan = []
         for group in sorted({r.group for r in requests}):
             members = [i for i, r in enumerate(requests) if r.group == group]
-            prefix = _shared_prefix_len([requests[i].context for i in members])
+            prefix = _shared_prefix_len([requests[i].context for i in members]) if len(members) > 1 else 0
             prefix = prefix if prefix >= MIN_SHARED_PREFIX else 0
             # Longest first: the first batch shows at once whether memory suffices, and neighbours pad little.
             members.sort(key=lambda i: -(len(requests[i].context) + sum(len(c) for c in requests[i].continuations)))
@@ -601,9 +605,7 @@ class Session:
     def bias(self, plan: DemoPlan) -> dict[int, np.ndarray]:
         """Per demonstration group: the label distribution on content-free inputs."""
         out = {}
-        n_groups = len(plan.rows) if plan.rotate and plan.rows else 1
-        for group in range(n_groups):
-            demos = [plan.rows[group]] if plan.rotate else plan.for_example(0)
+        for group, demos in enumerate(plan.groups()):
             contexts = [build_context(self.prompt, text, text, demos, self.tokenizer)
                         for text in self.config["content_free_inputs"]]
             scores = self.scorer.score(self.requests(contexts, None), desc="content-free")
@@ -696,10 +698,11 @@ def run(config: dict) -> dict:
     from .results import count_parameters, experiment_dir, write_metrics
     from .training import resolve_device
 
+    # Cheapest refusals first: GPU-only settings without a GPU, a model that cannot be had, a broken prompt.
+    device = resolve_device(config)
+    resolved = resolve_model(config["model"])
     prompt = experiment_prompt(config)
     data = load_nli(config["data"], seed=config["seed"])
-    resolved = resolve_model(config["model"])
-    device = resolve_device(config)
     tokenizer, model = load_model(resolved.path, config, device)
     session = Session(config, data, prompt, tokenizer, model)
     out_dir = experiment_dir(config)

@@ -69,7 +69,11 @@ def test_versus_full_fine_tuning_words_follow_the_sign(results):
         if ratio and ratio >= 1.5:
             assert f"training {ratio:.0f} times fewer parameters" in f.text
     zero = next(f for f in found if f.values["experiment"] == "zero_shot")
-    assert "no parameters" in zero.text
+    assert "no parameters" in zero.text and "caution" not in zero.text
+    # A run scored on other data than full fine-tuning says so.
+    other = dict(results["zero_shot"], data_fingerprint="another0000000000")
+    (f,) = topic(F.compute({"full_finetune": results["full_finetune"], "zero_shot": other}), "versus_full")
+    assert f.values["same_data"] is False and "caution: scored on other data" in f.text
 
 
 def test_collapsed_and_failed_runs_are_named(results, failures):

@@ -151,9 +151,11 @@ def test_masked_out_prefix_is_the_plain_model(model_path, batch):
     assert not torch.allclose(logits(wrapped, batch), reference, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ("top_layers", "lora", "ptuning", "prefix"))
-def test_save_and_reload_gives_identical_logits(base_config, model_path, batch, tmp_path, method):
-    config = configure(base_config, method)
+@pytest.mark.parametrize("method, section", [("top_layers", {}), ("lora", {}), ("ptuning", {}), ("prefix", {}),
+                                             ("prefix", {"prefix": {"projection": True}})],
+                         ids=["top_layers", "lora", "ptuning", "prefix", "prefix_mlp"])
+def test_save_and_reload_gives_identical_logits(base_config, model_path, batch, tmp_path, method, section):
+    config = configure(base_config, method, **section)
     torch.manual_seed(0)
     built = methods.build(config, model_path)
     train_steps(built.model, batch, steps=1)  # so a reload from the pretrained weights alone would differ

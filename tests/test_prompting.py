@@ -91,6 +91,10 @@ def test_rotation_balances_demonstration_labels(bundled):
     assert np.bincount(shown, minlength=3).tolist() == [10, 10, 10]
     fixed = prompting.choose_demos(bundled["train"], 4, 1, rotate=False)
     assert len({fixed.for_example(i)[0]["pairID"] for i in range(30)}) == 1
+    # Each group's demonstrations are those its examples see (content-free calibration relies on it).
+    assert all(plan.groups()[plan.group(i)] == plan.for_example(i) for i in range(30))
+    zero = prompting.choose_demos(bundled["train"], 4, 0, rotate=True)
+    assert zero.groups() == [[]] and zero.for_example(7) == [] and zero.group(7) == 0
     draws = {prompting.choose_demos(bundled["train"], s, 1, rotate=False).rows[0]["pairID"] for s in range(6)}
     assert len(draws) > 1, "the seed must choose the demonstration"
 
@@ -128,10 +132,10 @@ def smollm2():
     return prompting.load_model(resolve_model("smollm2").path, {"precision": "fp32"}, "cpu")
 
 
-def _requests(bundled, tokenizer, name, shots, rows=4):
+def _requests(bundled, tokenizer, name, shots, rows=3):
     prompt = prompting.load_prompt(name)
     ds = bundled["validation_matched"].select(range(rows))
-    plan = prompting.choose_demos(bundled["train"], 1, shots, rotate=True)
+    plan = prompting.choose_demos(bundled["train"], 1, shots, rotate=False)  # one demonstration: a shared prefix
     contexts = [prompting.build_context(prompt, p, h, plan.for_example(i), tokenizer)
                 for i, (p, h) in enumerate(zip(ds["premise"], ds["hypothesis"]))]
     return prompting.encode_requests(tokenizer, contexts, prompt.label_words, prompt.add_special_tokens, 2048,
@@ -150,8 +154,9 @@ def test_fast_scoring_equals_one_pass_per_label(smollm2, bundled, name, shots):
     assert (fast.argmax(1) == reference.argmax(1)).all()
     if name == "harness_mnli":  # one token per label word: one forward pass per batch, no branches
         assert all(len(c) == 1 for r in requests for c in r.continuations)
-    else:  # "entailment" is several tokens: scored as branches; the system message is a shared prefix
+    else:  # "entailment" is several tokens: scored as branches
         assert any(len(c) > 1 for r in requests for c in r.continuations)
+    if shots or name == "instruct_chat":  # the demonstration or the system message is computed once
         assert scorer.stats["shared_prefix_tokens"] >= prompting.MIN_SHARED_PREFIX
 
 
@@ -172,14 +177,14 @@ def _config(tmp_path, **block):
     prof = params.load_profile("tiny")
     name = next(n for n, c in prof.experiments.items() if c["kind"] == "prompting")
     config = params.with_output_dirs(prof, name, results_dir=tmp_path / "results", reports_dir=tmp_path / "r")
-    config["data"]["eval_limit"] = 4
+    config["data"]["eval_limit"] = 3
     config.update(block)
     return config
 
 
 @needs_model
 def test_experiment_metrics_fields(tmp_path):
-    config = _config(tmp_path, mode="one_shot", seeds=[0, 1], calibration="contextual")
+    config = _config(tmp_path, mode="one_shot", seeds=[0, 1], calibration="contextual", rotate_demo_labels=False)
     prompting.run(config)
     written = json.loads((Path(config["output_dir"]) / "metrics.json").read_text())
     for key in ("validation_matched", "validation_mismatched", "majority_baseline", "prompt", "mode",
@@ -189,7 +194,7 @@ def test_experiment_metrics_fields(tmp_path):
     assert written["prompt"]["version"] >= 1 and written["prompt"]["rendered_sha256"]
     assert written["method_label"].startswith("one-shot")
     matched = written["validation_matched"]
-    assert sum(matched["prediction_distribution"][label] for label in LABELS) == 2 * 4
+    assert sum(matched["prediction_distribution"][label] for label in LABELS) == 2 * 3
     assert len(matched["accuracy_runs"]) == 2 and "per_genre" in matched
     for run in written["runs"]:
         assert run["demonstrations"] and run["content_free_bias"]
