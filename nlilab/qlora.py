@@ -348,7 +348,10 @@ def build(config: dict, path: str, tokenizer, quant: Quantization, device: str) 
     model = attach_adapter(model, config, quant)
     # PEFT keeps a frozen original of the head beside the trainable copy it saves: look for the latter.
     head_trainable = any(p.requires_grad for n, p in model.named_parameters() if "score" in n.split("."))
+    # A 4-bit weight is stored two to a byte, so its tensor reports half the parameters it holds.
+    logical = sum(p.numel() * (2 if type(p).__name__ == "Params4bit" else 1) for p in model.parameters())
     notes = {"adapter": config["adapter"], "weights_bytes_loaded": footprint, **layout,
+             "total_params_logical": int(logical),
              "head_trainable": head_trainable,
              "pooling": "last non-pad token (pad_token_id on tokenizer and model config)",
              "pad_token_id": tokenizer.pad_token_id, **quant.record()}
@@ -441,6 +444,9 @@ def run(config: dict) -> dict:
         raise NlilabError(f"{out_dir}: the finished seeds lack their method notes; delete the seed_* folders "
                           "and run again")
     metrics.update(footprint_record(notes, resolved.path))
+    if notes.get("total_params_logical"):  # count_parameters sees packed 4-bit tensors at half their size
+        metrics["total_params"] = notes["total_params_logical"]
+        metrics["trainable_share"] = metrics["trainable_params"] / notes["total_params_logical"]
     metrics.update(model=config["model"], model_path=resolved.path, method=f"qlora_{config['adapter']}",
                    method_label=method_label(config["adapter"], notes["quantization"]), method_notes=notes,
                    adapter=config["adapter"],

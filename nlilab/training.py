@@ -136,14 +136,32 @@ def _last_checkpoint(run_dir: Path) -> str | None:
     return max(found)[1] if found else None
 
 
+def _ordered_eval_trainer():
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer
+
+    class OrderedEvalTrainer(Trainer):
+        """transformers 5 applies `group_by_length` to evaluation and prediction as well, through a *shuffled*
+        length-grouped sampler: `predict` then returns rows in another order than the dataset's, and scoring them
+        against the dataset's labels is scoring against the wrong labels. Evaluation keeps the dataset's order."""
+
+        def _get_eval_sampler(self, eval_dataset):
+            if eval_dataset is None or self.args.world_size > 1:
+                return super()._get_eval_sampler(eval_dataset)
+            return SequentialSampler(eval_dataset)
+
+    return OrderedEvalTrainer
+
+
 def build_trainer(model, tokenizer, tokenized: dict, config: dict, seed: int, run_dir: Path,
                   learning_rate: float | None = None, evaluate: bool = True):
     """The Trainer every trained method uses: dynamic padding (each batch padded to its own longest row),
-    length-grouped batches, per-epoch evaluation on dev-matched. `evaluate=False` is for benchmarks."""
-    from transformers import DataCollatorWithPadding, Trainer
+    length-grouped training batches, per-epoch evaluation on dev-matched (in dataset order). `evaluate=False`
+    is for benchmarks."""
+    from transformers import DataCollatorWithPadding
 
     args = training_arguments(config, Path(run_dir), seed, resolve_device(config), learning_rate, evaluate)
-    return Trainer(
+    return _ordered_eval_trainer()(
         model=model,
         args=args,
         train_dataset=tokenized["train"],

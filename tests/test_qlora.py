@@ -77,6 +77,7 @@ def test_adapters_and_head_train_save_and_reload(tmp_path, path, tokenizer, adap
         assert notes["quantized_linear_layers"].get("Linear4bit", 0) > 0
         sixteen, _ = qlora.sixteen_bit_bytes(path)
         assert notes["weights_bytes_loaded"] < 0.5 * sixteen
+        assert notes["total_params_logical"] > 134_000_000  # 4-bit tensors counted at their logical size
     marker = "lora_" if adapter == "lora" else "bottleneck_adapter"
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("score" in n for n in trainable) and any(marker in n for n in trainable)
@@ -124,6 +125,32 @@ def test_sixteen_bit_footprint_matches_a_real_bf16_load(path):
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, dtype=torch.bfloat16)
     assert sixteen == qlora.weight_bytes(model)
     assert sum(p.numel() * p.element_size() for p in model.parameters()) == 2 * count  # buffers aside
+
+
+def test_evaluation_keeps_the_dataset_order(tmp_path, tokenizer):
+    """The classifier's dev scores compare predictions with the dataset's labels row by row: the Trainer must
+    not shuffle evaluation batches by length (transformers 5 does when group_by_length is on)."""
+    import datasets
+    import torch
+
+    from nlilab import training
+
+    config = _config()
+    assert config["train"]["group_by_length"]
+    rows = datasets.Dataset.from_dict({"input_ids": [[5] * n for n in (3, 9, 1, 7, 2, 8, 4, 6)],
+                                       "labels": [0, 1, 2, 0, 1, 2, 0, 1]})
+    class Toy(torch.nn.Module):  # the sampler is all this test looks at; nothing runs through the model
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(1, 3)
+
+        def forward(self, input_ids=None, attention_mask=None, labels=None):
+            return self.head(input_ids.float()[:, :1])
+
+    trainer = training.build_trainer(Toy(), tokenizer, {"train": rows, "validation_matched": rows}, config, 0,
+                                     tmp_path)
+    seen = [int(n) for batch in trainer.get_eval_dataloader(rows) for n in batch["attention_mask"].sum(1)]
+    assert seen == [3, 9, 1, 7, 2, 8, 4, 6], "evaluation rows were reordered"
 
 
 @pytest.mark.slow
