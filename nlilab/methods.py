@@ -18,6 +18,7 @@ from typing import Callable
 
 from . import LABELS
 from .errors import NlilabError
+from .pooling import apply_pooling, resolve_pooling
 
 HEAD_NAMES = ("classifier", "score")  # what HF calls the classification head of encoders / decoders
 TRAINED_FILE = "trained.safetensors"
@@ -32,12 +33,18 @@ class Built:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _base_classifier(path: str):
+def _base_classifier(config: dict, path: str, folder: str | None = None):
+    """A three-way classifier from `folder` (default: the pretrained `path`), pooled as the config says."""
     from transformers import AutoModelForSequenceClassification
 
     id2label = dict(enumerate(LABELS))
-    return AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(LABELS), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder or path, num_labels=len(LABELS), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    return apply_pooling(model, pooling_of(config, path), _where(config, "pooling"))
+
+
+def pooling_of(config: dict, path: str) -> str:
+    return resolve_pooling(config.get("pooling", "auto"), path)
 
 
 def head_names(model) -> tuple[str, ...]:
@@ -70,7 +77,7 @@ def _where(config: dict, key: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ full
 def build_full(config: dict, path: str) -> Built:
-    model = _base_classifier(path)
+    model = _base_classifier(config, path)
     return Built(model, model.save_pretrained, {"trains": "all parameters",
                                                 "head_params": head_parameter_count(model)})
 
@@ -95,7 +102,7 @@ def _save_trained_state(model, folder: str, settings: dict) -> None:
 
 
 def build_top_layers(config: dict, path: str) -> Built:
-    model = _base_classifier(path)
+    model = _base_classifier(config, path)
     k = config["top_layers"]["k"]
     layers = _encoder_layers(model)
     if k > len(layers):
@@ -103,8 +110,8 @@ def build_top_layers(config: dict, path: str) -> Built:
                           f"(the model's layer count), got {k}")
     base = model.base_model_prefix  # "bert", "roberta", ...
     first = len(layers) - k
-    # The pooler (BERT) sits above the last layer, so it trains with the top layers; embeddings and the
-    # lower layers stay frozen.
+    # The pooler (BERT's, when the [CLS] head is used) sits above the last layer, so it trains with the top
+    # layers; embeddings and the lower layers stay frozen.
     trained = tuple(f"{base}.encoder.layer.{i}." for i in range(first, len(layers)))
     trained += (f"{base}.pooler.",) + tuple(f"{n}." for n in head_names(model))
     _freeze_all_but(model, trained)
@@ -164,7 +171,7 @@ def build_lora(config: dict, path: str) -> Built:
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = config["lora"]
-    model = _base_classifier(path)
+    model = _base_classifier(config, path)
     _check_target_modules(model, lora["target_modules"], config)
     heads = head_names(model)
     peft_config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora["r"], lora_alpha=lora["alpha"],
@@ -185,7 +192,7 @@ def build_ptuning(config: dict, path: str) -> Built:
     from peft import PromptEncoderConfig, TaskType, get_peft_model
 
     pt = config["ptuning"]
-    model = _base_classifier(path)
+    model = _base_classifier(config, path)
     heads = head_names(model)
     peft_config = PromptEncoderConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=pt["num_virtual_tokens"],
                                       encoder_hidden_size=pt["encoder_hidden_size"])
@@ -200,7 +207,7 @@ def build_prefix(config: dict, path: str) -> Built:
     from .prefix import PrefixClassifier
 
     px = config["prefix"]
-    base = _base_classifier(path)
+    base = _base_classifier(config, path)
     model = PrefixClassifier(base, px["num_virtual_tokens"], px["projection"], px["projection_hidden_size"],
                              head=head_names(base))
     notes = {"trains": "per-layer key/value prefixes and classification head", "head_params":
@@ -221,7 +228,9 @@ def build(config: dict, path: str) -> Built:
     method = config["method"]
     if method not in METHODS:
         raise NotImplementedError(f"method '{method}' has no builder in nlilab.methods")
-    return METHODS[method](config, path)
+    built = METHODS[method](config, path)
+    built.notes["pooling"] = pooling_of(config, path)
+    return built
 
 
 # ------------------------------------------------------------------------------------------------ reuse
@@ -230,24 +239,22 @@ def reload(config: dict, path: str, folder: str):
     method = config["method"]
     folder = str(folder)
     if method == "full":
-        from transformers import AutoModelForSequenceClassification
-
-        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        model = _base_classifier(config, path, folder)
     elif method == "top_layers":
         from safetensors.torch import load_file
 
-        model = _base_classifier(path)
+        model = _base_classifier(config, path)
         missing, unexpected = model.load_state_dict(load_file(str(Path(folder) / TRAINED_FILE)), strict=False)
         if unexpected:
             raise NlilabError(f"{folder}: trained weights do not fit {path}: unexpected {unexpected[:3]}")
     elif method in ("lora", "ptuning"):
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(_base_classifier(path), folder)
+        model = PeftModel.from_pretrained(_base_classifier(config, path), folder)
     elif method == "prefix":
         from .prefix import PrefixClassifier
 
-        model = PrefixClassifier.load(_base_classifier(path), folder)
+        model = PrefixClassifier.load(_base_classifier(config, path), folder)
     else:
         raise NotImplementedError(f"method '{method}' cannot be reloaded")
     return model.eval()

@@ -66,6 +66,17 @@ def fine_tuning(results: dict, findings: list[Finding]) -> tuple[str, list[str]]
         "zero, so training begins exactly at the pretrained model. The classification head is new, so it trains "
         "in full. Only the adapter and the head need saving.</p>",
     ]
+    pooled = sorted({(results[n].get("method_notes") or {}).get("pooling") for n in results
+                     if results[n].get("kind") == "encoder"} - {None})
+    if pooled:
+        paras.append(
+            "<p><b>What the head reads.</b> A BERT-style head classifies the [CLS] state (through a small "
+            "'pooler'); a sentence-transformers model such as MiniLM was instead trained so that the <i>mean</i> "
+            "of its token states carries the meaning, and its [CLS] path was never trained for a sentence-level "
+            "task. Under the [CLS] head our MiniLM runs stayed at chance; reading the mean of the real tokens' "
+            "states (padding excluded) they learn. The pooling follows the model folder (<code>pooling: auto</code>): "
+            "mean where it ships a sentence-transformers pooling config, the architecture's own head otherwise "
+            f"(roberta-large). Used in this run: {html.escape(', '.join(pooled))}.</p>")
     if shares:
         paras.append("<p class='measured'><b>Trainable share in this run:</b> " + html.escape("; ".join(shares))
                      + ".</p>")

@@ -121,6 +121,9 @@ KIND_FIELDS: dict[str, dict[str, Field]] = {
     "encoder": {
         "model": string(expect="a model alias, hub id (org/name) or local folder"),
         "method": string("full", choices=ENCODER_METHODS),
+        # what the head reads: auto = the model folder's own choice (mean for sentence-transformers models such
+        # as MiniLM, the architecture's [CLS]/first-token head otherwise); see nlilab/pooling.py
+        "pooling": string("auto", choices=("auto", "cls", "mean")),
         "seeds": listof(integer(minimum=0), default=None, nullable=True),
         # which seeds keep their trained model folder: a full fine-tune of roberta-large is 1.4 GB a seed
         "keep_models": string("first", choices=("first", "all", "none")),

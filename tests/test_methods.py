@@ -106,10 +106,37 @@ def test_trainable_parameters_and_steps_change_exactly_those(base_config, model_
     assert changed == trainable, (sorted(trainable - changed)[:5], sorted(changed - trainable)[:5])
 
 
-def test_top_layers_k_zero_trains_head_and_pooler_only(base_config, model_path):
-    model = build(base_config, model_path, "top_layers", top_layers={"k": 0}).model
-    assert {n.split(".")[0] + "." + n.split(".")[1] for n in methods.trainable_names(model)} == \
-        {"bert.pooler", "classifier.weight", "classifier.bias"}
+@pytest.mark.parametrize("pooling, expected", [
+    ("auto", {"classifier.weight", "classifier.bias"}),  # MiniLM is mean-pooled: no pooler weights to train
+    ("cls", {"bert.pooler", "classifier.weight", "classifier.bias"}),
+])
+def test_top_layers_k_zero_trains_head_and_pooler_only(base_config, model_path, pooling, expected):
+    config = {**base_config, "pooling": pooling}
+    model = build(config, model_path, "top_layers", top_layers={"k": 0}).model
+    assert {n.split(".")[0] + "." + n.split(".")[1] for n in methods.trainable_names(model)} == expected
+
+
+def test_pooling_follows_the_model_folder(base_config, model_path, tiny_roberta):
+    assert methods.pooling_of(base_config, model_path) == "mean"  # MiniLM ships 1_Pooling/config.json
+    assert methods.pooling_of(base_config, tiny_roberta[0]) == "cls"
+    assert methods.pooling_of({**base_config, "pooling": "cls"}, model_path) == "cls"
+
+
+def test_mean_pooling_is_refused_where_the_head_reads_no_pooler(base_config, tiny_roberta):
+    with pytest.raises(NlilabError, match=r"pooling: 'mean' needs a BERT-style encoder .*RobertaForSequence"):
+        methods.build({**base_config, "pooling": "mean"}, tiny_roberta[0])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_mean_pooling_ignores_padding(base_config, model_path, batch, method):
+    """Each row's logits are the same alone as in a padded batch: the mean covers real tokens only (with P-tuning's
+    virtual tokens and under deep prompts' widened mask too)."""
+    model = build(base_config, model_path, method).model
+    inputs = batch[0]
+    lengths = inputs["attention_mask"].sum(dim=1)
+    row = int(lengths.argmin())  # the most padded row
+    alone = {k: v[row:row + 1, :int(lengths[row])] for k, v in inputs.items()}
+    torch.testing.assert_close(logits(model, (alone, None))[0], logits(model, batch)[row], rtol=0, atol=1e-5)
 
 
 def test_top_layers_k_above_layer_count_is_refused(base_config, model_path):
@@ -125,12 +152,12 @@ def test_lora_unknown_target_module_is_refused(base_config, model_path):
 def test_prefix_of_length_zero_is_the_plain_model(base_config, model_path, batch):
     from nlilab.prefix import PrefixClassifier
 
-    plain = methods._base_classifier(model_path)
+    plain = methods._base_classifier(base_config, model_path)
     wrapped = PrefixClassifier(plain, length=0)
     assert torch.equal(logits(wrapped, batch), logits(plain, batch))
 
 
-def test_masked_out_prefix_is_the_plain_model(model_path, batch):
+def test_masked_out_prefix_is_the_plain_model(base_config, model_path, batch):
     """A real prefix that the mask hides must change nothing: the mask is widened at the right end and the real
     tokens keep their positions. Unmasked, the same prefix does change the output."""
     from transformers import DynamicCache
@@ -138,7 +165,7 @@ def test_masked_out_prefix_is_the_plain_model(model_path, batch):
     from nlilab.prefix import PrefixClassifier, _plain_position_ids
 
     torch.manual_seed(0)
-    plain = methods._base_classifier(model_path).eval()
+    plain = methods._base_classifier(base_config, model_path).eval()
     wrapped = PrefixClassifier(plain, length=5).eval()
     inputs = dict(batch[0])
     mask = inputs.pop("attention_mask")
@@ -210,7 +237,7 @@ def test_prefix_on_roberta_keeps_positions_and_trains_prefix_and_head(base_confi
     """RoBERTa counts positions from padding_idx + 1: a masked-out prefix must still leave it unchanged."""
     path, batch = tiny_roberta
     built = build(base_config, path, "prefix", prefix={"num_virtual_tokens": 3})
-    plain = methods._base_classifier(path)
+    plain = methods._base_classifier(base_config, path)
     masked = copy.deepcopy(built.model)
     inputs = dict(batch[0])
     reference = logits(plain, batch)
