@@ -336,14 +336,33 @@ def prompting(results: dict) -> list[Finding]:
             values["unmatched_share"] = float(m["unmatched_share"])
             text += f"; {pct(values['unmatched_share'])} of its answers matched no label"
         out.append(Finding("prompting", text + ".", values))
-    by_mode = {m.get("mode"): (n, m) for n, m in prompts.items()}
-    if "zero_shot" in by_mode and "one_shot" in by_mode:
-        (zn, zm), (on, om) = by_mode["zero_shot"], by_mode["one_shot"]
+    out += _one_versus_zero_shot(prompts)
+    return out
+
+
+def _prompt_design(m: dict) -> tuple:
+    """What must match for a zero-/one-shot pair to isolate the demonstration: prompt, version, calibration."""
+    prompt = m.get("prompt") if isinstance(m.get("prompt"), dict) else {"name": m.get("prompt")}
+    return prompt.get("name"), prompt.get("version"), m.get("calibration"), m.get("model")
+
+
+def _one_versus_zero_shot(prompts: dict) -> list[Finding]:
+    """One sentence per one-shot run that has a zero-shot run of the same prompt design: comparing across
+    designs would credit (or blame) the demonstration for the change of template."""
+    out = []
+    for on, om in prompts.items():
+        if om.get("mode") != "one_shot":
+            continue
+        match = [(zn, zm) for zn, zm in prompts.items()
+                 if zm.get("mode") == "zero_shot" and _prompt_design(zm) == _prompt_design(om)]
+        if not match:
+            continue
+        zn, zm = match[0]
         diff = points(accuracy(om), accuracy(zm))
         words = (f"{abs(diff):.1f} points {'above' if diff > 0 else 'below'}" if diff else "level with")
-        out.append(Finding("prompting", f"One example in the prompt ({on}) puts accuracy {words} zero-shot ({zn}): "
-                                        f"{pct(accuracy(om))} vs {pct(accuracy(zm))} on dev-matched.",
-                           {"zero_shot": zn, "one_shot": on, "diff": diff}))
+        out.append(Finding("prompting", f"One example in the prompt ({on}) puts accuracy {words} zero-shot with the "
+                                        f"same prompt ({zn}): {pct(accuracy(om))} vs {pct(accuracy(zm))} on "
+                                        "dev-matched.", {"zero_shot": zn, "one_shot": on, "diff": diff}))
     return out
 
 

@@ -210,3 +210,15 @@ def test_random_results_never_contradict_their_sentences(results, seed):
         if printed:
             assert float(printed.group(1)) == abs(f.values["gap"])
             assert printed.group(2) == ("matched" if f.values["gap"] > 0 else "mismatched")
+
+
+def test_one_shot_is_compared_with_the_zero_shot_run_of_its_own_prompt(results):
+    """A zero-shot run with another prompt (or calibration) must not stand in for the one-shot run's baseline."""
+    harness = {"name": "harness_mnli", "version": 1}
+    runs = {"one_shot": dict(results["one_shot"], prompt=harness, calibration="none"),
+            "zero_shot_chat": dict(results["zero_shot"], prompt={"name": "instruct_chat", "version": 1},
+                                   calibration="contextual")}
+    assert not [f for f in topic(F.compute(runs), "prompting") if "one_shot" in f.values]
+    runs["zero_shot"] = dict(results["zero_shot"], prompt=harness, calibration="none")
+    (pair,) = [f for f in topic(F.compute(runs), "prompting") if "one_shot" in f.values]
+    assert pair.values["zero_shot"] == "zero_shot" and "same prompt (zero_shot)" in pair.text
