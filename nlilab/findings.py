@@ -341,7 +341,8 @@ def prompting(results: dict) -> list[Finding]:
 
 
 def _prompt_design(m: dict) -> tuple:
-    """What must match for a zero-/one-shot pair to isolate the demonstration: prompt, version, calibration."""
+    """What must match for a zero-/one-shot pair to isolate the demonstration: prompt name and version,
+    calibration and model."""
     prompt = m.get("prompt") if isinstance(m.get("prompt"), dict) else {"name": m.get("prompt")}
     return prompt.get("name"), prompt.get("version"), m.get("calibration"), m.get("model")
 
