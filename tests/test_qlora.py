@@ -1,6 +1,6 @@
 """The QLoRA classifier: last-non-pad pooling, trainable and reloadable head and adapters, the quantization
 that is recorded (and the explicit fallback), weight footprints. SmolLM2 on a few rows; one slow test runs the
-tiny profile's LLM notebooks end to end."""
+tiny profile's LLM notebooks end to end (from the session's tiny run)."""
 
 from __future__ import annotations
 
@@ -154,18 +154,18 @@ def test_evaluation_keeps_the_dataset_order(tmp_path, tokenizer):
 
 
 @pytest.mark.slow
-def test_tiny_profile_llm_experiments_end_to_end(tmp_path):
-    from nlilab.runner import run_profile
-
+def test_tiny_profile_llm_experiments_end_to_end(tiny_run):
+    """The LLM notebooks of the session's tiny run (tests/conftest.py): prompting and QLoRA through papermill."""
     names = ["zero_shot", "one_shot", "qlora"]
-    outcomes = run_profile("tiny", only=names, results_dir=tmp_path, reports_dir=tmp_path)
-    assert [o.status for o in outcomes] == ["ran"] * 3, [o.error for o in outcomes]
+    status = {o.experiment: o.status for o in tiny_run.outcomes}
+    assert [status[n] for n in names] == ["ran"] * 3, [o.error for o in tiny_run.outcomes if o.experiment in names]
+    results = Path(tiny_run.results_dir) / "tiny"
     for name in names:
-        metrics = json.loads((Path(tmp_path) / "tiny" / name / "metrics.json").read_text())
+        metrics = json.loads((results / name / "metrics.json").read_text())
         assert metrics["status"] == "ok" and metrics["method_label"]
         assert "prediction_distribution" in metrics["validation_mismatched"]
-    prompt = json.loads((Path(tmp_path) / "tiny" / "one_shot" / "metrics.json").read_text())
+    prompt = json.loads((results / "one_shot" / "metrics.json").read_text())
     assert prompt["prompt"]["name"] == "harness_mnli" and len(prompt["runs"]) == 2
-    trained = json.loads((Path(tmp_path) / "tiny" / "qlora" / "metrics.json").read_text())
+    trained = json.loads((results / "qlora" / "metrics.json").read_text())
     assert trained["quantization"] in ("nf4", "none") and trained["weight_footprint_mb"]["bf16"] > 0
     assert trained["trainable_params"] > 0 and trained["history"]

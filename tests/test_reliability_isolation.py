@@ -19,7 +19,8 @@ from nlilab import cli, runner  # noqa: E402
 from nlilab.results import read_json  # noqa: E402
 
 @pytest.mark.slow  # three notebook executions (00_data), about 10 s each
-def test_failing_notebook_is_isolated_then_rerun_alone(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("jobs", ["1", "2"])  # one after the other in this process; two worker processes at once
+def test_failing_notebook_is_isolated_then_rerun_alone(tmp_path, capsys, monkeypatch, jobs):
     monkeypatch.setattr(runner, "PACKAGE_DIR", snapshot(tmp_path))
     files = write_mnli(tmp_path / "mnli")
     good = files["train"].read_bytes()
@@ -33,7 +34,7 @@ def test_failing_notebook_is_isolated_then_rerun_alone(tmp_path, capsys, monkeyp
     }))
     results = tmp_path / "results" / "rel"
 
-    rc = cli.main(["run", "--profile", str(path)])
+    rc = cli.main(["run", "--profile", str(path), "--jobs", jobs])
     out, err = capsys.readouterr()
     failure = read_json(results / "local_data" / "failure.json") or {}
     with capsys.disabled():  # what the user sees, for the closing note (pytest -s)
@@ -53,7 +54,7 @@ def test_failing_notebook_is_isolated_then_rerun_alone(tmp_path, capsys, monkeyp
     assert stray_tmp_files(tmp_path) == []
 
     files["train"].write_bytes(good)
-    rc = cli.main(["run", "--profile", str(path)])
+    rc = cli.main(["run", "--profile", str(path), "--jobs", jobs])
     out, err = capsys.readouterr()
     with capsys.disabled():
         print(f"run 2 (row fixed): exit {rc}\n{out.splitlines()[-1]}")
