@@ -390,7 +390,9 @@ def quantization(results: dict) -> list[Finding]:
             text = (f"{method_label(name, m)} ran on unquantized weights ({low:.1f} MB against {high:.1f} MB at 16 "
                     "bits)" + (f": {note}" if note else "") + ".")
         else:
-            text = (f"{method_label(name, m)} holds its frozen base weights as {form}: {low:.1f} MB instead of "
+            tables = (m.get("weight_footprint_mb") or {}).get("embeddings_4bit")
+            where = " (linear layers and embedding table)" if tables else ""
+            text = (f"{method_label(name, m)} holds its frozen base weights{where} as {form}: {low:.1f} MB instead of "
                     f"{high:.1f} MB at 16 bits, {ratio:.1f} times smaller.")
         out.append(Finding("quantization", text, values))
     return out

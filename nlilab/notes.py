@@ -137,6 +137,11 @@ def qlora(results: dict, findings: list[Finding]) -> tuple[str, list[str]]:
         "sequence classifier, so its new classification head also stays unquantized and trainable. Memory for "
         "the weights drops about fourfold against 16 bits, at some cost in speed.</p>",
     ]
+    if any((results[n].get("weight_footprint_mb") or {}).get("embeddings_4bit") for n in _of(results, kind="qlora")):
+        paras.append("<p>QLoRA quantizes the linear layers only. Where a run also stores its input embedding "
+                     "table in NF4 (<code>quantize_embeddings: true</code>, marked in its footprint below), the "
+                     "frozen table is looked up row by row and dequantized on the fly like the linear weights; "
+                     "for a small model with a large vocabulary the table is a large share of the weights.</p>")
     paras.append(_measured_paragraph([f.text for f in findings if f.topic == "quantization"]
                                      + _measured(findings, "versus_full", _of(results, kind="qlora"))))
     return "How QLoRA works", [p for p in paras if p]

@@ -181,6 +181,8 @@ KIND_FIELDS: dict[str, dict[str, Field]] = {
         "fallback": flag(False),
         "compute_dtype": string("bf16", choices=("bf16", "fp16", "fp32")),
         "double_quant": flag(True),
+        # The input embedding table in NF4 too (QLoRA leaves it in 16 bits); needs quantization: nf4.
+        "quantize_embeddings": flag(False),
         "gradient_checkpointing": flag(False),
         "input_template": string("Premise: {premise}\nHypothesis: {hypothesis}"),
         "seeds": listof(integer(minimum=0), default=None, nullable=True),
@@ -549,6 +551,9 @@ def _qlora_checks(path: str, config: dict) -> list[str]:
         if names is not None and names != {"premise", "hypothesis"}:
             errors.append(f"{path}.input_template: expected exactly the placeholders {{premise}} and "
                           f"{{hypothesis}}, got {sorted(names)}")
+    if config.get("quantize_embeddings") and config["quantization"] != "nf4":
+        errors.append(f"{path}.quantize_embeddings: only with quantization: nf4 (got "
+                      f"'{config['quantization']}'); set it to false")
     if config["adapter"] == "lora" and not config["lora"]["target_modules"]:
         errors.append(f"{path}.lora.target_modules: expected at least one module name")
     return errors

@@ -40,6 +40,7 @@ class Quantization:
     note: str | None = None  # why applied differs from requested
     compute_dtype: str = "bf16"
     double_quant: bool = True
+    embeddings: bool = False  # the input embedding table in NF4 too (only with nf4 applied)
 
     def bnb_config(self):
         from transformers import BitsAndBytesConfig
@@ -59,7 +60,8 @@ class Quantization:
         return {"quantization": self.applied, "quantization_requested": self.requested,
                 "quantization_note": self.note,
                 "compute_dtype": self.compute_dtype if self.applied != "none" else None,
-                "double_quant": self.double_quant if self.applied == "nf4" else None}
+                "double_quant": self.double_quant if self.applied == "nf4" else None,
+                "embeddings_4bit": self.embeddings and self.applied == "nf4"}
 
 
 def bnb_problem(kind: str, device: str, compute_dtype: str = "bf16") -> str | None:
@@ -91,7 +93,8 @@ def plan_quantization(config: dict, device: str) -> Quantization:
     """Honour the requested quantization, or fall back to unquantized weights *with a recorded note* when the
     profile allows it (`fallback: true`), or stop with an error that says what to change."""
     requested = config["quantization"]
-    plan = Quantization(requested, requested, None, config["compute_dtype"], config["double_quant"])
+    plan = Quantization(requested, requested, None, config["compute_dtype"], config["double_quant"],
+                        config.get("quantize_embeddings", False))
     if requested == "none":
         return plan
     problem = bnb_problem(requested, device, config["compute_dtype"])
@@ -145,7 +148,7 @@ def quantized_modules(model) -> dict:
     kinds = {}
     for module in model.modules():
         name = type(module).__name__
-        if name in ("Linear4bit", "Linear8bitLt"):
+        if name in ("Linear4bit", "Linear8bitLt", "FrozenEmbeddingNF4"):
             kinds[name] = kinds.get(name, 0) + 1
     head = _find_head(model)
     return {"quantized_linear_layers": kinds, "head_type": type(head).__name__ if head is not None else None,
@@ -188,9 +191,44 @@ def load_base(path: str, tokenizer, quant: Quantization, device: str, precision:
     model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     if bnb is None:
         model = model.to(device)
+    elif quant.applied == "nf4" and quant.embeddings:
+        quantize_input_embeddings(model, quant, device)
     # Without it, LlamaForSequenceClassification refuses batches above 1 and cannot find the last real token.
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def _frozen_nf4_embedding_class():
+    import bitsandbytes as bnb
+    import torch
+
+    class FrozenEmbeddingNF4(bnb.nn.EmbeddingNF4):
+        """bitsandbytes' 4-bit embedding, which refuses to be saved; here it is frozen and rebuilt from the base
+        model on reload, so its packed bytes go into a state dict like any tensor (PEFT and the Trainer ask for
+        the whole state dict, then keep the adapters and the head only)."""
+
+        def _save_to_state_dict(self, destination, prefix, keep_vars):
+            torch.nn.Module._save_to_state_dict(self, destination, prefix, keep_vars)
+
+    return FrozenEmbeddingNF4
+
+
+def quantize_input_embeddings(model, quant: Quantization, device: str) -> None:
+    """Store the frozen input embedding table in NF4 as well. QLoRA quantizes the linear layers only; with a
+    large vocabulary and a small body (SmolLM2-135M: 28M of its 135M parameters) the 16-bit table is then
+    close to half of what the base occupies. Blocks of 64 values share one scale, as in the linear layers;
+    a lookup dequantizes only the rows it reads."""
+    import bitsandbytes as bnb
+
+    old = model.get_input_embeddings()
+    blocksize = 64
+    if old.embedding_dim % blocksize:
+        raise NlilabError(f"quantize_embeddings: the embedding width {old.embedding_dim} is not a multiple of "
+                          f"{blocksize}; set quantize_embeddings: false")
+    new = _frozen_nf4_embedding_class()(old.num_embeddings, old.embedding_dim, dtype=_dtype(quant.compute_dtype))
+    new.weight = bnb.nn.Params4bit(old.weight.data, requires_grad=False, quant_type="nf4", blocksize=blocksize,
+                                   compress_statistics=False)  # the per-row lookup reads plain scales
+    model.set_input_embeddings(new.to(device))
 
 
 def tokenize(data, tokenizer, template: str, max_length: int) -> dict:
@@ -364,7 +402,8 @@ def load_trained(folder: str, device: str = "cpu"):
     meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     record = meta["quantization"]
     quant = Quantization(record["quantization_requested"], record["quantization"], record["quantization_note"],
-                         record["compute_dtype"] or "bf16", bool(record["double_quant"]))
+                         record["compute_dtype"] or "bf16", bool(record["double_quant"]),
+                         bool(record.get("embeddings_4bit")))
     tokenizer = load_tokenizer(meta["base"])
     base = load_base(meta["base"], tokenizer, quant, device, meta.get("precision", "fp32"))
     base = _prepare_for_training(base, quant, False)  # the same up-casts as in training, for the same logits
@@ -399,7 +438,7 @@ def footprint_record(notes: dict, path: str) -> dict:
     loaded = notes["weights_bytes_loaded"]
     return {"weight_footprint_mb": {
         "loaded": loaded / 2**20, "bf16": sixteen / 2**20, "ratio": loaded / sixteen,
-        "loaded_as": notes["quantization"],
+        "loaded_as": notes["quantization"], "embeddings_4bit": bool(notes.get("embeddings_4bit")),
         "how": "parameter + buffer bytes (+ bitsandbytes quantization scales) of the base classifier as loaded; "
                "bf16: the same architecture built on the meta device in bfloat16"},
         "base_params": int(params)}

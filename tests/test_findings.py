@@ -166,6 +166,9 @@ def test_prompting_quantization_and_time(results):
     # The shorter footprint record, and a run that fell back to unquantized weights, read as well.
     short = dict(results["qlora"], weight_footprint_mb={"4bit": 90.0, "16bit": 270.0})
     assert "3.0 times smaller" in topic(F.compute({"q": short}), "quantization")[0].text
+    assert "embedding table" not in q.text
+    tables = dict(results["qlora"], weight_footprint_mb={**results["qlora"]["weight_footprint_mb"], "embeddings_4bit": True})
+    assert "(linear layers and embedding table) as nf4" in topic(F.compute({"q": tables}), "quantization")[0].text
     plain = dict(results["qlora"], weight_footprint_mb={"loaded": 540.0, "bf16": 270.0, "loaded_as": "none"},
                  quantization="none", quantization_note="bitsandbytes 4-bit needs a GPU here")
     text = topic(F.compute({"q": plain}), "quantization")[0].text

@@ -63,11 +63,12 @@ def test_head_reads_the_last_non_pad_token(path, tokenizer):
     assert not torch.allclose(batched, at_first, atol=1e-3)
 
 
-@pytest.mark.parametrize("adapter, quantization", [("lora", "nf4"), ("bottleneck", "none")])
-def test_adapters_and_head_train_save_and_reload(tmp_path, path, tokenizer, adapter, quantization):
+@pytest.mark.parametrize("adapter, quantization, embeddings", [("lora", "nf4", False), ("lora", "nf4", True),
+                                                                ("bottleneck", "none", False)])
+def test_adapters_and_head_train_save_and_reload(tmp_path, path, tokenizer, adapter, quantization, embeddings):
     import torch
 
-    config = _config(adapter=adapter, quantization=quantization, fallback=False)
+    config = _config(adapter=adapter, quantization=quantization, fallback=False, quantize_embeddings=embeddings)
     quant = qlora.plan_quantization(config, "cpu")
     torch.manual_seed(0)
     built = qlora.build(config, path, tokenizer, quant, "cpu")
@@ -77,6 +78,10 @@ def test_adapters_and_head_train_save_and_reload(tmp_path, path, tokenizer, adap
         assert notes["quantized_linear_layers"].get("Linear4bit", 0) > 0
         sixteen, _ = qlora.sixteen_bit_bytes(path)
         assert notes["weights_bytes_loaded"] < 0.5 * sixteen
+        # the embedding table is a fifth of SmolLM2: in NF4 too, the base falls under a third of its 16-bit size
+        assert (notes["weights_bytes_loaded"] < 0.3 * sixteen) == embeddings
+        assert notes["embeddings_4bit"] == embeddings
+        assert ("FrozenEmbeddingNF4" in notes["quantized_linear_layers"]) == embeddings
         assert notes["total_params_logical"] > 134_000_000  # 4-bit tensors counted at their logical size
     marker = "lora_" if adapter == "lora" else "bottleneck_adapter"
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -102,6 +107,7 @@ def test_adapters_and_head_train_save_and_reload(tmp_path, path, tokenizer, adap
     with torch.inference_mode():
         after = reloaded(**batch).logits
     assert meta["quantization"]["quantization"] == quantization and meta["adapter"] == adapter
+    assert meta["quantization"]["embeddings_4bit"] == embeddings
     assert torch.allclose(before, after, atol=1e-5), (before, after)
 
 

@@ -89,6 +89,9 @@ CASES = [
      ["experiments.data.notebook: notebook file", "no_such_notebooks/00_data.ipynb does not exist"]),
     ("fp16_with_device_cpu", _set("shared.precision", "fp16"),
      ["shared.precision: fp16 needs a GPU but device is 'cpu'; use fp32 or bf16"]),
+    ("embeddings_4bit_without_nf4", lambda raw: raw["experiments"].update({"q": {
+        "notebook": "21_qlora", "model": "smollm2", "quantization": "none", "quantize_embeddings": True}}),
+     ["experiments.q.quantize_embeddings: only with quantization: nf4 (got 'none')"]),
     ("sweep_with_full", _set("experiments.full_finetune.sweep", {"values": [1e-4, 1e-5]}),
      ["experiments.full_finetune.sweep: a learning-rate sweep is only supported for method 'lora'"]),
     ("experiment_name_with_slash", lambda raw: raw["experiments"].update({"../escape": {"notebook": "00_data"}}),
