@@ -89,6 +89,15 @@ experiments:
     compute_dtype: {precision}
     lora: {{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}
     train: {{max_steps: 4, batch_size: 8, eval_batch_size: 16, learning_rate: 2.0e-4, max_length: 64}}
+  qlora_embeddings_4bit:
+    notebook: 21_qlora
+    model: {llama}
+    quantization: nf4
+    quantize_embeddings: true
+    fallback: false
+    compute_dtype: {precision}
+    lora: {{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}
+    train: {{max_steps: 4, batch_size: 8, eval_batch_size: 16, learning_rate: 2.0e-4, max_length: 64}}
 """
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from . import EVAL_SPLITS, LABELS
 from .errors import NlilabError, ParamsError
 from .metrics import macro_f1, score
+from .progress import bar
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 RUN_FILE = "run.json"
@@ -381,7 +382,6 @@ class LoglikScorer:
     def score(self, requests: list[Request], desc: str = "score") -> np.ndarray:
         """(n, 3) log-likelihoods, in the order of `requests`."""
         import torch
-        from tqdm.auto import tqdm
 
         out = np.zeros((len(requests), len(requests[0].continuations) if requests else 0), dtype=np.float64)
         plan = []
@@ -394,7 +394,7 @@ class LoglikScorer:
             plan += [(group, prefix, members[k:k + self.batch_size]) for k in range(0, len(members), self.batch_size)]
         caches = {}
         with torch.inference_mode():
-            for group, prefix, batch in tqdm(plan, desc=desc, disable=not self.progress, leave=False):
+            for group, prefix, batch in bar(plan, desc=desc, disable=not self.progress, leave=False):
                 if prefix and group not in caches:
                     caches[group] = self._prefix_cache(requests[batch[0]].context[:prefix])
                 out[batch] = self._score_batch([requests[i] for i in batch], prefix, caches.get(group))
@@ -480,7 +480,6 @@ def generate_answers(model, tokenizer, contexts: list[list[int]], max_new_tokens
                      progress: bool = True) -> list[str]:
     """Greedy continuation of each context (token ids), decoded; batches are left-padded, longest first."""
     import torch
-    from tqdm.auto import tqdm
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
@@ -488,7 +487,7 @@ def generate_answers(model, tokenizer, contexts: list[list[int]], max_new_tokens
     device = next(model.parameters()).device
     batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     with torch.inference_mode():
-        for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
+        for batch in bar(batches, desc="generate", disable=not progress, leave=False):
             width = max(len(contexts[i]) for i in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)

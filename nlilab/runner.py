@@ -32,6 +32,7 @@ from .data import data_fingerprint, ensure_hub_dataset_available
 from .errors import NlilabError
 from .models import ALIASES, ensure_hub_model_available
 from .params import Profile, load_profile, with_output_dirs
+from .progress import ENV as PROGRESS_ENV
 from .results import METRICS, atomic_write_json, read_json
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -143,11 +144,24 @@ def error_tail(exc: BaseException, lines: int = 12) -> str:
 
 
 def execute(config: dict) -> None:
-    import papermill as pm
-
     source = Path(config["notebooks_dir"]) / f"{config['notebook']}.ipynb"
     target = executed_notebook(config)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # The kernel inherits the environment: progress as text lines, which a terminal or log file can show.
+    previous = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = "text"
+    try:
+        _execute(config, source, target)
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = previous
+
+
+def _execute(config: dict, source: Path, target: Path) -> None:
+    import papermill as pm
+
     pm.execute_notebook(
         str(source), str(target),
         parameters={"profile": config["profile"], "experiment": config["name"], "config": config},

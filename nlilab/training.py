@@ -16,6 +16,7 @@ import numpy as np
 from . import EVAL_SPLITS
 from .errors import NlilabError
 from .metrics import is_collapsed, majority_baseline, score
+from .progress import text_mode, trainer_callbacks
 from .results import atomic_write_json, count_parameters, dir_size_bytes, peak_memory_mb, read_json
 
 RUN_FILE = "run.json"
@@ -108,7 +109,7 @@ def training_arguments(config: dict, run_dir: Path, seed: int, device: str, lear
         bf16=config.get("precision") == "bf16",
         fp16=config.get("precision") == "fp16",
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=text_mode(),  # under the runner, progress lines instead (nlilab.progress)
     )
     if train["group_by_length"]:
         kwargs["train_sampling_strategy"] = "group_by_length"
@@ -161,6 +162,7 @@ def build_trainer(model, tokenizer, tokenized: dict, config: dict, seed: int, ru
     from transformers import DataCollatorWithPadding
 
     args = training_arguments(config, Path(run_dir), seed, resolve_device(config), learning_rate, evaluate)
+    label = " ".join(filter(None, [config.get("name"), f"seed {seed}", learning_rate and f"lr {learning_rate:g}"]))
     return _ordered_eval_trainer()(
         model=model,
         args=args,
@@ -169,6 +171,7 @@ def build_trainer(model, tokenizer, tokenized: dict, config: dict, seed: int, ru
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=_accuracy,
+        callbacks=trainer_callbacks(label),
     )
 
 

@@ -59,6 +59,15 @@ def test_executed_notebooks_received_their_parameters(tiny_run):
     assert "experiment = \"full_finetune\"" in "".join(injected[0]["source"])
 
 
+def test_progress_is_text_in_the_executed_notebooks(tiny_run):
+    """Under the runner, training reports progress as lines (a widget would reach neither a log nor a terminal)."""
+    nb = (tiny_run.reports_dir / "tiny" / "notebooks" / "full_finetune.ipynb").read_text()
+    assert "[full_finetune seed 0] training: " in nb and "[full_finetune seed 0] step 2/" in nb
+    assert "[full_finetune seed 0] evaluation at epoch 1.00: accuracy " in nb
+    log = (tiny_run.reports_dir / "tiny" / "logs" / "lora.log").read_text()  # a parallel run's worker log
+    assert "[lora seed 0] step 2/2 (100%)" in log
+
+
 def test_unchanged_rerun_skips_everything(tiny_run):
     outcomes = run_profile("tiny", results_dir=tiny_run.results_dir, reports_dir=tiny_run.reports_dir)
     assert {o.status for o in outcomes} == {"skipped"}
