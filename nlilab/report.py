@@ -494,23 +494,30 @@ def without_css_comments(page: str) -> str:
     return re.sub(r"(<style[^>]*>)(.*?)(</style>)", clean, page, flags=re.S | re.I)
 
 
+def render_notebook(source: Path, exporter=None):
+    """Executed notebook -> HTML beside it (images embedded), unless an HTML page newer than the notebook and
+    made with the current template is there. Returns the exporter, reusable for the next notebook."""
+    target = source.with_suffix(".html")
+    if not source.is_file():
+        return exporter
+    if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime and \
+            NOTEBOOK_MARK in target.read_text(encoding="utf-8", errors="replace"):
+        return exporter
+    exporter = exporter or notebook_exporter()
+    body, _ = exporter.from_filename(str(source))
+    body = without_css_comments(body)
+    tmp = target.with_suffix(".html.tmp")
+    tmp.write_text(body, encoding="utf-8")
+    tmp.replace(target)
+    return exporter
+
+
 def render_notebooks(prof: Profile, reports_dir: Path) -> None:
-    """Executed notebook -> HTML beside it (images embedded), redone when the notebook or the template changed."""
+    """Every executed notebook of the profile to HTML (the runner renders each as it finishes; this catches
+    the rest, e.g. after a template change)."""
     exporter = None
     for name in prof.experiments:
-        source = reports_dir / prof.name / "notebooks" / f"{name}.ipynb"
-        target = source.with_suffix(".html")
-        if not source.is_file():
-            continue
-        if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime and \
-                NOTEBOOK_MARK in target.read_text(encoding="utf-8", errors="replace"):
-            continue
-        exporter = exporter or notebook_exporter()
-        body, _ = exporter.from_filename(str(source))
-        body = without_css_comments(body)
-        tmp = target.with_suffix(".html.tmp")
-        tmp.write_text(body, encoding="utf-8")
-        tmp.replace(target)
+        exporter = render_notebook(reports_dir / prof.name / "notebooks" / f"{name}.ipynb", exporter)
 
 
 def notebook_links(prof: Profile, reports_dir: Path) -> str:

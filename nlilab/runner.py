@@ -170,6 +170,18 @@ def _execute(config: dict, source: Path, target: Path) -> None:
     )
 
 
+def _render(config: dict) -> None:
+    """The executed notebook (finished or failed) to HTML now, while other workers run, rather than all at the
+    end. The report build renders whatever is missing, so a failure here costs nothing but time."""
+    try:
+        from .report import render_notebook
+
+        render_notebook(executed_notebook(config))
+    except Exception as exc:  # noqa: BLE001 - rendering is a convenience; the result stands without it
+        print(f"rendering {executed_notebook(config)} failed ({type(exc).__name__}: {exc}); the report build "
+              "will try again", file=sys.stderr, flush=True)
+
+
 @dataclass
 class Outcome:
     experiment: str
@@ -201,7 +213,10 @@ def run_experiment(config: dict, force: bool = False, key: dict | None = None) -
     started = time.perf_counter()
     reset_stale_state(out, key, force)
     try:
-        execute(config)
+        try:
+            execute(config)
+        finally:
+            _render(config)
         metrics = read_json(out / METRICS)
         if not metrics or metrics.get("status") != "ok":
             raise RuntimeError(f"notebook {config['notebook']} finished without writing {out / METRICS}")
