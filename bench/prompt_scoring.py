@@ -33,12 +33,14 @@ def contexts_for(prompt, ds) -> list[str]:
     return [build_context(prompt, p, h) for p, h in zip(ds["premise"], ds["hypothesis"])]
 
 
-def run_ours(path: str, prompt, contexts: list[str], batch_size: int) -> dict:
+def run_ours(path: str, prompt, contexts: list[str], batch_size: int, int8: bool = False) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if int8:  # what would close the gap: int8 weights with dynamic activation scales (not the same model any more)
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     scorer = LoglikScorer(model, batch_size)
     started = time.perf_counter()  # tokenization is inside the timed region, as it is for the peer
     requests = encode_requests(tokenizer, contexts, prompt.label_words, prompt.add_special_tokens)
@@ -66,6 +68,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--also-int8", action="store_true",
+                        help="also score with nlilab on int8 dynamically quantized linear layers (a probe: how fast, "
+                             "and how many predictions change)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "prompt_scoring.json"))
     args = parser.parse_args(argv)
     if not os.environ.get("NLILAB_MNLI_DIR"):
@@ -90,12 +95,24 @@ def main(argv=None) -> int:
         "identical_predictions": float((pred_ours == pred_peer).mean()),
         "max_abs_logprob_diff": float(np.abs(ours["scores"] - peer["scores"]).max()),
     }
+    if args.also_int8:
+        probe = run_ours(path, prompt, contexts, args.batch_size, int8=True)
+        pred_probe = probe["scores"].argmax(1)
+        result["nlilab_int8_probe"] = {
+            "examples_per_s": probe["examples_per_s"], "wall_s": probe["wall_s"],
+            "accuracy": float((pred_probe == labels).mean()),
+            "ratio_to_lm_eval": probe["examples_per_s"] / peer["examples_per_s"],
+            "identical_to_lm_eval": float((pred_probe == pred_peer).mean())}
     print(f"\nrows {len(contexts)}  template {prompt.name} v{prompt.version}")
     for name in ("lm_eval", "nlilab"):
         r = result[name]
         print(f"{name:<8} {r['examples_per_s']:8.2f} examples/s   {r['wall_s']:7.1f} s   accuracy {100 * r['accuracy']:.1f}%")
     print(f"ratio {result['ratio']:.2f}x   identical predictions {100 * result['identical_predictions']:.2f}%   "
           f"max |logprob diff| {result['max_abs_logprob_diff']:.2e}")
+    if args.also_int8:
+        r = result["nlilab_int8_probe"]
+        print(f"int8 probe {r['examples_per_s']:6.2f} examples/s   {r['wall_s']:7.1f} s   accuracy {100 * r['accuracy']:.1f}%"
+              f"   ratio {r['ratio_to_lm_eval']:.2f}x   identical to lm_eval {100 * r['identical_to_lm_eval']:.2f}%")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     return 0
