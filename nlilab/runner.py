@@ -401,6 +401,9 @@ def _child(config: dict, force: bool, key: dict, threads: int, conn) -> None:
     path = log_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", buffering=1) as log:
+        # File descriptors too: the kernel inherits them, and its own start-up messages belong in the log.
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
         sys.stdout = sys.stderr = log
         outcome = run_experiment(config, force=force, key=key)
     conn.send(outcome.__dict__)
@@ -417,6 +420,32 @@ def _died(config: dict, exitcode: int | None, seconds: float) -> Outcome:
     return Outcome(config["name"], "failed", seconds, tail)
 
 
+@dataclass
+class _Worker:
+    process: object
+    pipe: object
+    config: dict
+    started: float
+
+    def outcome(self) -> Outcome:
+        """After the worker reported or ended: its outcome, or a failure if it died without one."""
+        try:
+            result = self.pipe.recv()
+        except EOFError:  # nothing was sent: the worker died
+            result = None
+        self.process.join()
+        return Outcome(**result) if result else _died(self.config, self.process.exitcode,
+                                                      time.perf_counter() - self.started)
+
+
+def _start_worker(ctx, config: dict, force: bool, threads: int) -> _Worker:
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(config, force, cache_key(config), threads, send), name=config["name"])
+    process.start()
+    send.close()  # the worker holds the only sending end: its death reads as EOF here
+    return _Worker(process, receive, config, time.perf_counter())
+
+
 def run_parallel(configs: list[dict], pending: list[dict], jobs: int, force: bool) -> list[Outcome]:
     """Up to `jobs` experiments at once, each in a fresh process (papermill changes the working directory, so
     it is not thread-safe) with cores // jobs threads. Each notebook's output goes to its log file; here, one
@@ -430,7 +459,7 @@ def run_parallel(configs: list[dict], pending: list[dict], jobs: int, force: boo
     threads = max(1, _cpu_count() // jobs)
     outcomes = {c["name"]: Outcome(c["name"], "skipped", 0.0) for c in configs}
     queue = sorted(pending, key=_expected_seconds, reverse=True)
-    running: dict = {}  # name -> (process, pipe end, config, start time)
+    running: dict[str, _Worker] = {}
     print(f"running {len(pending)} experiment(s), {jobs} at a time with {threads} thread(s) each; "
           f"their output: {log_path(pending[0]).parent}/<experiment>.log", flush=True)
     fresh = [c["name"] for c in configs if c not in pending]
@@ -441,34 +470,23 @@ def run_parallel(configs: list[dict], pending: list[dict], jobs: int, force: boo
         while queue or running:
             while queue and len(running) < jobs:
                 config = queue.pop(0)
-                receive, send = ctx.Pipe(duplex=False)
-                args = (config, force, cache_key(config), threads, send)
-                proc = ctx.Process(target=_child, args=args, name=config["name"])
-                proc.start()
-                send.close()
-                running[config["name"]] = (proc, receive, config, time.perf_counter())
+                running[config["name"]] = _start_worker(ctx, config, force, threads)
                 bar.write(f"started {config['name']} ({config['notebook']})")
             now = time.perf_counter()
-            bar.set_postfix_str(", ".join(f"{n} {now - r[3]:.0f}s" for n, r in running.items()))
+            bar.set_postfix_str(", ".join(f"{n} {now - w.started:.0f}s" for n, w in running.items()))
             # Wake when a worker reports or dies, or every few seconds to show the elapsed times.
-            ready = wait([r[1] for r in running.values()] + [r[0].sentinel for r in running.values()], timeout=5)
-            for name, (proc, receive, config, started) in list(running.items()):
-                if receive not in ready and proc.sentinel not in ready:
-                    continue
-                try:
-                    result = receive.recv()
-                except EOFError:  # the worker died before sending
-                    result = None
-                proc.join()
-                outcome = Outcome(**result) if result else _died(config, proc.exitcode, time.perf_counter() - started)
-                outcomes[name] = outcome
-                del running[name]
-                bar.update(1)
-                bar.write(f"{name}: {outcome.status} in {outcome.seconds:.1f} s")
-                if outcome.error:
-                    bar.write(outcome.error, file=sys.stderr)
+            ready = wait([w.pipe for w in running.values()] + [w.process.sentinel for w in running.values()],
+                         timeout=5)
+            for name, worker in list(running.items()):
+                if worker.pipe in ready or worker.process.sentinel in ready:
+                    outcomes[name] = outcome = worker.outcome()
+                    del running[name]
+                    bar.update(1)
+                    bar.write(f"{name}: {outcome.status} in {outcome.seconds:.1f} s")
+                    if outcome.error:
+                        bar.write(outcome.error, file=sys.stderr)
     finally:
-        for proc, *_ in running.values():  # interrupted: stop the workers, keep what they finished
-            proc.terminate()
+        for worker in running.values():  # interrupted: stop the workers, keep what they finished
+            worker.process.terminate()
         bar.close()
     return [outcomes[c["name"]] for c in configs]
