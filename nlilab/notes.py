@@ -74,7 +74,8 @@ def fine_tuning(results: dict, findings: list[Finding]) -> tuple[str, list[str]]
             "'pooler'); a sentence-transformers model such as MiniLM was instead trained so that the <i>mean</i> "
             "of its token states carries the meaning, and its [CLS] path was never trained for a sentence-level "
             "task. When this project first trained MiniLM under the [CLS] head it stayed at chance (the README "
-            "records those runs); the head now reads the mean of the real tokens' states (padding excluded). The pooling follows the model folder (<code>pooling: auto</code>): "
+            "records those runs); the head now reads the mean of the real tokens' states (padding excluded). "
+            "The pooling follows the model folder (<code>pooling: auto</code>): "
             "mean where it ships a sentence-transformers pooling config, the architecture's own head otherwise "
             f"(roberta-large). Used in this run: {html.escape(', '.join(pooled))}.</p>")
     if shares:

@@ -356,13 +356,9 @@ def _memory_gb() -> float:
 def _uses_gpu(config: dict) -> bool:
     if config["kind"] == "data":
         return False
-    if config.get("device") == "cuda":
-        return True
-    if config.get("device", "auto") == "auto":
-        import torch
+    from .training import resolve_device  # the one place that says what 'auto' means on this machine
 
-        return torch.cuda.is_available()
-    return False
+    return resolve_device(config) == "cuda"
 
 
 def resolve_jobs(jobs: int | str, pending: list[dict]) -> int:

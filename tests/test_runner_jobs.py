@@ -35,8 +35,12 @@ def test_auto_jobs_follow_cores_memory_and_work(machine, cores, memory_gb, pendi
     assert runner.resolve_jobs("auto", [_config()] * pending) == expected
 
 
-def test_auto_jobs_is_one_when_an_experiment_uses_the_gpu(machine):
+def test_auto_jobs_is_one_when_an_experiment_uses_the_gpu(machine, monkeypatch):
+    import torch
+
     machine(16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runner.resolve_jobs("auto", [_config(), _config(device="auto")]) == 1  # auto resolves to the GPU
     assert runner.resolve_jobs("auto", [_config(), _config(device="cuda")]) == 1
     assert runner.resolve_jobs("auto", [_config(kind="data", device="cuda")] * 3) == 3  # data never uses it
 
