@@ -15,6 +15,8 @@ def _validate(args) -> int:
     from .params import load_profile
 
     prof = load_profile(args.params)
+    for warning in prof.warnings:  # allowed, so not a failure; said, because a rerun may not reproduce it
+        print(f"nlilab: warning: {prof.path.name}: {warning}", file=sys.stderr)
     print(f"{prof.path}: ok, {len(prof.experiments)} experiment(s): {', '.join(prof.experiments)}")
     return 0
 

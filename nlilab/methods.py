@@ -262,7 +262,10 @@ def reload(config: dict, path: str, folder: str):
 
 # ------------------------------------------------------------------------------------------------ labels
 def _lr(value: float) -> str:
-    return f"{value:.0e}".replace("e-0", "e-")
+    """As the findings print it (2.5e-5, not 3e-5): one formatter, so a table and a sentence never disagree."""
+    from .findings import rate
+
+    return rate(value)
 
 
 def method_label(config: dict, best_value: float | None = None) -> str:

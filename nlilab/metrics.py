@@ -38,8 +38,9 @@ def majority_baseline(train_labels, eval_labels) -> dict:
     return {"label": LABELS[majority], "accuracy": float((eval_labels == majority).mean())}
 
 
-def score(labels, preds, genres=None) -> dict:
-    """All split-level metrics for one set of predictions."""
+def score(labels, preds, genres=None, pair_ids=None) -> dict:
+    """All split-level metrics for one set of predictions, with the predictions themselves (row order), so that
+    intervals and paired comparisons can be computed from the results alone."""
     labels, preds = np.asarray(labels, dtype=int), np.asarray(preds, dtype=int)
     matrix = confusion(labels, preds)
     result = {
@@ -48,7 +49,11 @@ def score(labels, preds, genres=None) -> dict:
         "macro_f1": macro_f1(matrix),
         "confusion": matrix,
         "prediction_distribution": {name: int((preds == i).sum()) for i, name in enumerate(LABELS)},
+        "labels": labels.tolist(),
+        "predictions": preds.tolist(),
     }
+    if pair_ids is not None:
+        result["pair_ids"] = [str(i) for i in pair_ids]
     if genres is not None:
         genres = np.asarray(genres)
         result["per_genre"] = {
@@ -66,8 +71,35 @@ def _mean_std(values) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
+def summed_distribution(distributions: list[dict]) -> dict:
+    """Prediction counts summed over seeds, every label kept: adding Counters would drop a label counted zero,
+    and a collapsed run's record would then omit the classes it never predicted."""
+    keys = list(dict.fromkeys(k for d in distributions for k in d))
+    return {k: int(sum(d.get(k, 0) for d in distributions)) for k in keys}
+
+
+def correct_matrix(labels, predictions_runs) -> np.ndarray:
+    """seeds x rows, True where a seed's prediction is the gold label (an unmatched answer, -1, is wrong)."""
+    return np.asarray(predictions_runs, dtype=int) == np.asarray(labels, dtype=int)[None, :]
+
+
+def _row_record(per_run: list[dict]) -> dict:
+    """The rows and every seed's predictions, with the accuracy interval they give (absent in old run files)."""
+    if any("predictions" not in r for r in per_run):
+        return {}
+    from .stats import accuracy_interval
+
+    first = per_run[0]
+    out = {"labels": first["labels"], "predictions_runs": [r["predictions"] for r in per_run]}
+    if "pair_ids" in first:
+        out["pair_ids"] = first["pair_ids"]
+    out["interval"] = accuracy_interval(correct_matrix(out["labels"], out["predictions_runs"]))
+    return out
+
+
 def aggregate_split(per_run: list[dict]) -> dict:
-    """Combine one split's metrics over seeds: means and spreads, confusion matrices summed."""
+    """Combine one split's metrics over seeds: means and spreads, confusion matrices summed, the rows and every
+    seed's predictions kept, and the accuracy's 95% interval (rows and seeds resampled)."""
     acc_mean, acc_std = _mean_std([r["accuracy"] for r in per_run])
     f1_mean, f1_std = _mean_std([r["macro_f1"] for r in per_run])
     out = {
@@ -78,8 +110,9 @@ def aggregate_split(per_run: list[dict]) -> dict:
         "macro_f1": f1_mean,
         "macro_f1_std": f1_std,
         "confusion": np.sum([r["confusion"] for r in per_run], axis=0).tolist(),
-        "prediction_distribution": dict(sum((Counter(r["prediction_distribution"]) for r in per_run), Counter())),
+        "prediction_distribution": summed_distribution([r["prediction_distribution"] for r in per_run]),
     }
+    out.update(_row_record(per_run))
     if "per_genre" in per_run[0]:
         out["per_genre"] = {g: float(np.mean([r["per_genre"][g] for r in per_run])) for g in per_run[0]["per_genre"]}
     return out

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import html
 
-from .findings import Finding, first, method_label
-from .references import ADAPTER_LR, FULL_FT_LR, seed_reference
+from .findings import Finding, first, method_label, provenance_text
+from .references import (ADAPTER_LR, ADAPTER_LR_RANGE, BF16_BITS, FULL_FT_LR, FULL_FT_LR_RANGE, NF4_BITS,
+                         seed_reference)
 
 LINKS = {
     "lora": "https://arxiv.org/abs/2106.09685",
@@ -125,6 +126,10 @@ def shots(results: dict, findings: list[Finding]) -> tuple[str, list[str]]:
                              f"v{html.escape(str(prompt.get('version', '')))}):</p>"
                              f"<pre>{html.escape(str(prompt['template']))}</pre>")
     paras += templates
+    prov = sorted({provenance_text(results[n]) for n in _of(results, kind="prompting") if provenance_text(results[n])})
+    if prov:
+        paras.append("<p><b>The prompted model.</b> " + html.escape("; ".join(p[:1].upper() + p[1:] for p in prov))
+                     + ".</p>")
     paras.append(_measured_paragraph([f.text for f in findings if f.topic == "prompting"]))
     return "Zero-shot and one-shot prompting", [p for p in paras if p]
 
@@ -135,14 +140,19 @@ def qlora(results: dict, findings: list[Finding]) -> tuple[str, list[str]]:
         "bits (the NormalFloat-4 format, whose levels are spaced for normally distributed weights) and "
         "dequantizes each block on the fly for the matrix products, computed in 16 or 32 bits. Gradients flow "
         "through the frozen quantized weights into LoRA adapters kept in full precision; here the model is a "
-        "sequence classifier, so its new classification head also stays unquantized and trainable. Memory for "
-        "the weights drops about fourfold against 16 bits, at some cost in speed.</p>",
+        "sequence classifier, so its new classification head also stays unquantized and trainable. Each "
+        f"quantized weight takes {NF4_BITS} bits instead of {BF16_BITS}, plus small per-block constants, at some "
+        "cost in speed; the footprint measured in this run is below.</p>",
     ]
     if any((results[n].get("weight_footprint_mb") or {}).get("embeddings_4bit") for n in _of(results, kind="qlora")):
         paras.append("<p>QLoRA quantizes the linear layers only. Where a run also stores its input embedding "
                      "table in NF4 (<code>quantize_embeddings: true</code>, marked in its footprint below), the "
                      "frozen table is looked up row by row and dequantized on the fly like the linear weights; "
                      "for a small model with a large vocabulary the table is a large share of the weights.</p>")
+    stand_ins = sorted({f"{results[n].get('model')}: {provenance_text(results[n])}" for n in results
+                        if provenance_text(results[n])})
+    if stand_ins:
+        paras.append("<p><b>The stand-in's weights.</b> " + html.escape("; ".join(stand_ins)) + ".</p>")
     paras.append(_measured_paragraph([f.text for f in findings if f.topic == "quantization"]
                                      + _measured(findings, "versus_full", _of(results, kind="qlora"))))
     return "How QLoRA works", [p for p in paras if p]
@@ -185,11 +195,12 @@ def hyperparameters(results: dict, findings: list[Finding]) -> tuple[str, list[s
     paras += [
         f"<p><b>Learning rate.</b> Full fine-tuning moves pretrained weights, so it needs a small step: published "
         f"recipes for roberta-large use {FULL_FT_LR[0]} ({cite('roberta', 'Liu et al. 2019')}). Adapters and "
-        f"prompts start from zero or from random values and change few parameters, so they need roughly ten to "
-        f"twenty-five times more, {ADAPTER_LR[0]} ({cite('lora', 'Hu et al. 2021')}). The seed report used the "
-        f"full fine-tuning rate for LoRA as well, the most likely reason its LoRA number is low ({seed_lora} "
-        f"against {seed_full} for full fine-tuning); where this profile runs LoRA at both settings, the "
-        "measured difference is below.</p>",
+        f"prompts start from zero or from random values and change few parameters, so they need "
+        f"{ADAPTER_LR_RANGE[0] / FULL_FT_LR_RANGE[1]:.0f} to {ADAPTER_LR_RANGE[1] / FULL_FT_LR_RANGE[0]:.0f} "
+        f"times more, {ADAPTER_LR[0]} ({cite('lora', 'Hu et al. 2021')}). The seed report used the "
+        f"full fine-tuning rate for LoRA as well (with r 16 and alpha 32), one candidate reason its LoRA number "
+        f"is low ({seed_lora} against {seed_full} for full fine-tuning); where this profile runs LoRA at both "
+        "settings, the measured difference, and every setting in which the two runs differ, is below.</p>",
         "<p><b>Warmup and weight decay.</b> A linear warmup over the first few percent of steps keeps the first "
         "updates to the fresh classification head from wrecking the pretrained weights, the usual cause of a "
         "run stuck at the majority class. Weight decay pulls weights gently towards zero, a mild regularizer "
@@ -198,8 +209,10 @@ def hyperparameters(results: dict, findings: list[Finding]) -> tuple[str, list[s
         f"roberta-large, and the same paper found very small ranks about as good as large ones on MultiNLI "
         f"({cite('lora', 'Hu et al. 2021, section 7.2')}). The seed report used rank 16 and alpha 32, which keeps "
         "the same scale alpha / r with twice the adapter parameters.</p>",
-        "<p><b>Seeds.</b> Where several seeds ran, the tables show the mean and the spread, and the findings "
-        "call a difference smaller than that spread what it is: noise.</p>",
+        "<p><b>Seeds and rows.</b> Each accuracy carries a 95% interval from a bootstrap over the evaluation "
+        "rows combined with the seeds, and two methods scored on the same rows are compared by the paired "
+        "interval of their difference: the findings call a difference 'not distinguishable on these N rows' "
+        "whenever that interval contains zero.</p>",
     ]
     paras.append(_measured_paragraph([f.text for f in findings if f.topic in ("lora_seed", "sweep")]))
     return "Why these hyperparameters", [p for p in paras if p]

@@ -37,6 +37,7 @@ class Field:
     nullable: bool = False
     items: "Field | None" = None
     fields: dict | None = None
+    convert: Callable[[Any], Any] | None = None  # applied to a valid value (e.g. a row count to int)
 
     def describe(self) -> str:
         if self.expect:
@@ -79,6 +80,20 @@ def listof(item: Field, default=MISSING, nonempty=True, nullable=False):
     return Field("list", default, expect, check, items=item, nullable=nullable)
 
 
+def revision(what: str) -> Field:
+    return string(None, nullable=True, expect=f"a {what} revision (a commit hash)")
+
+
+def _fraction_or_rows(value) -> bool:
+    return 0 < value < 1 or (value >= 1 and float(value).is_integer())
+
+
+def fraction_or_count(default) -> Field:
+    """A share (0 < v < 1) or a whole number of rows (v >= 1), as the held-out validation split's size."""
+    return Field("float", default, "a fraction in (0, 1) or a whole number of rows >= 1", _fraction_or_rows,
+                 convert=lambda v: v if v < 1 else int(v))
+
+
 def section(nullable=False, **fields):
     return Field("section", {} if not nullable else None, fields=fields, nullable=nullable)
 
@@ -96,6 +111,8 @@ TRAIN_FIELDS = section(
     logging_steps=integer(10, minimum=1),
     save_total_limit=integer(1, minimum=1),
     group_by_length=flag(True),
+    # the exclusive timing window's optimizer steps (nlilab.costs.training_window), once per experiment; 0: none
+    window_steps=integer(12, minimum=0),
 )
 
 SHARED_FIELDS = {
@@ -106,6 +123,10 @@ SHARED_FIELDS = {
         source=string("bundled", choices=("bundled", "local", "hub")),
         local_dir=string(None, nullable=True, expect="a folder path"),
         hub_id=string("nyu-mll/multi_nli"),
+        revision=revision("hub dataset"),  # source 'hub' only; null takes the hub's latest
+        # The validation split held out of the labeled training rows: everything chosen by looking at scores
+        # is chosen on it; the dev sets stay test sets.
+        validation_size=fraction_or_count(0.1),
         train_limit=integer(None, minimum=1, nullable=True),
         eval_limit=integer(None, minimum=1, nullable=True),
     ),
@@ -120,6 +141,7 @@ KIND_FIELDS: dict[str, dict[str, Field]] = {
     "data": {"examples": integer(5, minimum=0)},
     "encoder": {
         "model": string(expect="a model alias, hub id (org/name) or local folder"),
+        "revision": revision("hub model"),  # hub ids only; null takes the hub's latest
         "method": string("full", choices=ENCODER_METHODS),
         # what the head reads: auto = the model folder's own choice (mean for sentence-transformers models such
         # as MiniLM, the architecture's [CLS]/first-token head otherwise); see nlilab/pooling.py
@@ -147,6 +169,7 @@ KIND_FIELDS: dict[str, dict[str, Field]] = {
     # nlilab/prompts/; `prompt` names it and may override its fields (null keeps the file's value).
     "prompting": {
         "model": string(expect="a model alias, hub id (org/name) or local folder"),
+        "revision": revision("hub model"),  # hub ids only; null takes the hub's latest
         "mode": string("zero_shot", choices=("zero_shot", "one_shot")),
         "scoring": string("loglik", choices=("loglik", "generate")),
         "prompt": section(
@@ -174,6 +197,7 @@ KIND_FIELDS: dict[str, dict[str, Field]] = {
     # last non-pad token (nlilab.qlora).
     "qlora": {
         "model": string(expect="a model alias, hub id (org/name) or local folder"),
+        "revision": revision("hub model"),  # hub ids only; null takes the hub's latest
         "adapter": string("lora", choices=("lora", "bottleneck")),
         "quantization": string("nf4", choices=("nf4", "int8", "none")),
         # Where bitsandbytes cannot quantize on this machine: true falls back to unquantized weights and records
@@ -252,7 +276,7 @@ def _validate(value, spec: Field, path: str, errors: list[str], fill: bool):
         return [_validate(v, spec.items, f"{path}[{i}]", errors, fill) for i, v in enumerate(value)]
     if spec.kind == "section":
         return _validate_mapping(value, spec.fields, path, errors, fill)
-    return value
+    return spec.convert(value) if spec.convert else value
 
 
 def _suggest(key: str, known) -> str:
@@ -304,6 +328,8 @@ class Profile:
     root: Path
     description: str
     experiments: dict[str, dict] = field(default_factory=dict)
+    # what is allowed but weakens reproducibility (a hub model or dataset not pinned to a commit)
+    warnings: list[str] = field(default_factory=list)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -362,6 +388,13 @@ def _root_for(path: Path) -> Path:
     return path.parent.parent if path.parent.name == "params" else path.parent
 
 
+def _notebooks_root(path: Path) -> Path:
+    """Where the default `notebooks_dir` resolves. The notebooks belong to nlilab, not to the profile: a profile
+    kept elsewhere (in a home folder, beside its data) runs the project's notebooks. A profile inside a params/
+    folder keeps that folder's project, so that a copy of the project (a test's snapshot) runs its own."""
+    return path.parent.parent if path.parent.name == "params" else PROJECT_ROOT
+
+
 def load_profile(profile: str | os.PathLike) -> Profile:
     """Load and validate a profile completely; raise ParamsError listing every problem."""
     from .models import check_model_name  # local import: models imports params' constants
@@ -383,21 +416,26 @@ def load_profile(profile: str | os.PathLike) -> Profile:
         errors.append(f"experiments: expected a non-empty mapping of experiment name to block, "
                       f"got {_fmt(experiments_raw)}")
         experiments_raw = {}
-    root = _root_for(path)
-    prof = Profile(path.stem, path, root, str(raw.get("description") or ""))
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        errors.append(f"description: expected a string, got {_fmt(description)}")
+        description = None
+    prof = Profile(path.stem, path, _root_for(path), description or "")
     for name, block in experiments_raw.items():
         if not EXPERIMENT_NAME.fullmatch(str(name)):
             errors.append(f"experiments.{name}: expected an experiment name of letters, digits, '_' and '-' "
                           "(it names the experiment's results folder)")
             continue
-        config = _load_experiment(str(name), block, shared, root, errors)
+        config = _load_experiment(str(name), block, shared, path, errors)
         if config is not None:
             prof.experiments[str(name)] = config
     for name, config in prof.experiments.items():
         errors.extend(_cross_checks(name, config, check_model_name))
+        prof.warnings.extend(_unpinned(name, config))
     errors = _attribute_to_shared(errors, experiments_raw, shared_raw)
     if errors:
         raise ParamsError(f"{path}: {len(errors)} problem(s):\n" + "\n".join(f"  {path.name}: {e}" for e in errors))
+    prof.warnings = _attribute_to_shared(prof.warnings, experiments_raw, shared_raw)  # once each, as errors
     return prof
 
 
@@ -429,7 +467,7 @@ def _attribute_to_shared(errors: list[str], experiments_raw: dict, shared_raw: d
     return out
 
 
-def _load_experiment(name: str, block, shared: dict, root: Path, errors: list[str]) -> dict | None:
+def _load_experiment(name: str, block, shared: dict, profile_path: Path, errors: list[str]) -> dict | None:
     path = f"experiments.{name}"
     if not isinstance(block, dict):
         errors.append(f"{path}: expected a mapping with at least 'notebook', got {_fmt(block)}")
@@ -447,9 +485,15 @@ def _load_experiment(name: str, block, shared: dict, root: Path, errors: list[st
     config = _validate_mapping(merged, fields, path, local, fill=True)
     errors.extend(e for e in local if e not in errors)
     config.update(name=name, notebook=notebook, kind=kind)
+    # A path the profile writes is the writer's: relative to the profile's project, or to its own folder when it
+    # sits elsewhere, since a profile kept beside its data names that data relative to itself. The notebooks,
+    # unless the profile names its own, are nlilab's.
+    root = _root_for(profile_path)
     for key in ("results_dir", "reports_dir", "notebooks_dir"):
         if isinstance(config.get(key), str):
-            config[key] = str((root / config[key]).resolve())
+            unwritten_notebooks = key == "notebooks_dir" and key not in shared and key not in body
+            base = _notebooks_root(profile_path) if unwritten_notebooks else root
+            config[key] = str((base / config[key]).resolve())
     if isinstance(config.get("data", {}).get("local_dir"), str):
         config["data"]["local_dir"] = str((root / config["data"]["local_dir"]).resolve())
     return config
@@ -477,8 +521,65 @@ def _cross_checks(name: str, config: dict, check_model_name) -> list[str]:
         problem = check_model_name(config["model"])
         if problem:
             errors.append(f"{path}.model: {problem}")
+        else:
+            errors.extend(_model_checks(path, config))
+    if data["revision"] is not None and data["source"] != "hub":
+        errors.append(f"{path}.data.revision: a revision pins a hub dataset, but data.source is "
+                      f"{data['source']!r}; remove it")
     errors.extend(_kind_checks(path, config))
     return errors
+
+
+def _model_checks(path: str, config: dict) -> list[str]:
+    """Checks of a model the machine holds: a revision only for hub ids; LoRA targets it has."""
+    from .models import model_source
+
+    source = model_source(config["model"])
+    if source != "hub" and config["revision"] is not None:
+        what = "an embedded alias" if source == "alias" else "a local folder"
+        return [f"{path}.revision: a revision pins a hub model, but {config['model']!r} is {what}; remove it"]
+    uses_lora = config.get("method") == "lora" or config.get("adapter") == "lora"
+    if source != "hub" and uses_lora and "lora" in config:
+        return _target_module_checks(path, config)
+    return []
+
+
+def _target_module_checks(path: str, config: dict) -> list[str]:
+    """PEFT fails only when the run builds the model if a target names no module of it. A local model's
+    classifier is built on the meta device here (seconds, no weights) and each target matched as PEFT
+    matches a list: a module's dotted name equal to it or ending with '.' + it."""
+    from .models import adaptable_modules
+
+    try:
+        names = adaptable_modules(config["model"])
+    except Exception as exc:  # noqa: BLE001 - any failure to read the model is the user's to see
+        return [f"{path}.model: cannot build {config['model']!r} to check lora.target_modules: "
+                f"{type(exc).__name__}: {exc}"]
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    targets = config["lora"]["target_modules"]
+    errors = []
+    for i, target in enumerate(targets if isinstance(targets, list) else []):
+        if isinstance(target, str) and not any(n == target or n.endswith("." + target) for n in names):
+            errors.append(f"{path}.lora.target_modules[{i}]: expected a module of {config['model']!r} that LoRA "
+                          f"can adapt, got {_fmt(target)}{_suggest(target, leaves)}; it has "
+                          f"{', '.join(leaves)}")
+    return errors
+
+
+def _unpinned(name: str, config: dict) -> list[str]:
+    """Hub models and datasets not pinned to a commit: allowed (the hub's latest), but a rerun may differ."""
+    from .models import is_pinned, model_source
+
+    path, found = f"experiments.{name}", []
+    model = config.get("model")
+    if isinstance(model, str) and model_source(model) == "hub" and not is_pinned(config["revision"]):
+        found.append(f"{path}.revision: model {model!r} is not pinned to a commit (got {_fmt(config['revision'])})"
+                     "; a rerun may load other weights: set revision to the hub commit's 40-character hash")
+    data = config["data"]
+    if data["source"] == "hub" and not is_pinned(data["revision"]):
+        found.append(f"{path}.data.revision: dataset {data['hub_id']!r} is not pinned to a commit (got "
+                     f"{_fmt(data['revision'])}); set data.revision to the hub commit's 40-character hash")
+    return found
 
 
 # Each encoder notebook explains one method; a block pairing it with another would mislabel its results.

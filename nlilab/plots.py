@@ -57,7 +57,7 @@ def learning_curves(histories: dict[str, list[dict]]):
         epochs = [row["epoch"] for row in history]
         for ax, key in zip(axes, ("train_loss", "validation_loss", "accuracy")):
             ax.plot(epochs, [row.get(key) for row in history], marker="o", label=name)
-    for ax, title in zip(axes, ("training loss", "validation loss", "validation accuracy (matched)")):
+    for ax, title in zip(axes, ("training loss", "validation loss", "accuracy (held-out validation split)")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
     axes[-1].legend(fontsize=8)
@@ -84,6 +84,34 @@ def confusion_matrix(matrix, title: str = ""):
 # ------------------------------------------------------------------------------------------------ report figures
 # The comparison report's figures: each takes plain numbers (already read out of metrics.json), so notebooks can
 # draw the same pictures for one experiment.
+def _yerr(values: list[float], intervals: list[dict | None], stds: list[float | None] | None = None):
+    """Asymmetric error bars (percent) from 95% intervals (fractions); a point without one falls back to its
+    spread over seeds, or none."""
+    stds = stds or [None] * len(values)
+    # A percentile interval need not contain the mean (e.g. all seeds but one at the same score): clip at zero.
+    low = [max(0.0, v - 100 * iv["low"]) if iv else 100 * (s or 0) for v, iv, s in zip(values, intervals, stds)]
+    high = [max(0.0, 100 * iv["high"] - v) if iv else 100 * (s or 0) for v, iv, s in zip(values, intervals, stds)]
+    return [low, high]
+
+
+def paired_differences(rows: list[dict]):
+    """A forest plot: one row per contrast, its difference (points) and paired 95% interval; zero marked.
+    `rows`: label, diff, low, high (points)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.38 * max(1, len(rows))))
+    ys = list(range(len(rows)))
+    diffs = [r["diff"] for r in rows]
+    ax.errorbar(diffs, ys, xerr=[[d - r["low"] for d, r in zip(diffs, rows)], [r["high"] - d for d, r in zip(diffs, rows)]],
+                fmt="o", capsize=3, color="#2e6fbd")
+    ax.axvline(0, ls="--", lw=1, color="#888")
+    ax.set_yticks(ys, [r["label"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("difference in accuracy, dev-matched (points)")
+    ax.grid(alpha=.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
 def accuracy_scatter(rows: list[dict], xlabel: str, log_x: bool = False, title: str = ""):
     """Dev-matched accuracy (%) against a cost, one labelled point per experiment. `rows`: label, x, accuracy,
     optional baseline (drawn as a dashed line) and collapsed (drawn hollow, in red)."""
@@ -103,6 +131,9 @@ def accuracy_scatter(rows: list[dict], xlabel: str, log_x: bool = False, title: 
         bad = row.get("collapsed")
         ax.scatter([row["x"]], [row["accuracy"]], s=46, zorder=3, edgecolors="#c0392b" if bad else "none",
                    facecolors="none" if bad else "#2e6fbd", linewidths=1.6)
+        if row.get("interval"):
+            ax.errorbar([row["x"]], [row["accuracy"]], yerr=_yerr([row["accuracy"]], [row["interval"]]),
+                        fmt="none", ecolor="#9bb5d6", capsize=3, zorder=2)
         text = row["label"] + (" (collapsed)" if bad else "")
         x, y = spot(row)
         width = 0.011 * len(text)  # about how much of the axis width the label covers
@@ -184,8 +215,9 @@ def accuracy_vs_learning_rate(series: dict[str, list[dict]], baseline: float | N
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for index, (split, pts) in enumerate(series.items()):
         pts = sorted(pts, key=lambda p: p["value"])
-        ax.errorbar([p["value"] for p in pts], [100 * p["accuracy"] for p in pts],
-                    yerr=[100 * (p.get("accuracy_std") or 0) for p in pts], marker="o", capsize=3, label=split)
+        values = [100 * p["accuracy"] for p in pts]
+        ax.errorbar([p["value"] for p in pts], values, marker="o", capsize=3, label=split,
+                    yerr=_yerr(values, [p.get("interval") for p in pts], [p.get("accuracy_std") for p in pts]))
         for p in pts:
             if p.get("collapsed") and index == 0:  # one flag per swept value, on the first split's line
                 ax.annotate("collapsed", (p["value"], 100 * p["accuracy"]), fontsize=7, color="#c0392b",
@@ -230,9 +262,11 @@ def lr_sweep(metrics: dict):
     collapsed points marked, the majority class as a dashed line)."""
     from . import EVAL_SPLITS
 
+    from .stats import block_interval
+
     points = (metrics.get("sweep") or {}).get("points") or []
-    series = {split: [{"value": p["value"], "accuracy": p[split]["accuracy"],
+    series = {split: [{"value": p["value"], "accuracy": p[split]["accuracy"], "interval": block_interval(p[split]),
                        "accuracy_std": p[split].get("accuracy_std"), "collapsed": p.get("collapsed")}
-                      for p in points] for split in EVAL_SPLITS}
+                      for p in points if p.get(split)] for split in ("validation", *EVAL_SPLITS)}
     baseline = ((metrics.get("majority_baseline") or {}).get(EVAL_SPLITS[0]) or {}).get("accuracy")
     return accuracy_vs_learning_rate(series, baseline)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import EVAL_SPLITS, LABELS
+from .costs import SeedMeter, cost_summary, scoring_window, shared_step
 from .errors import NlilabError, ParamsError
 from .metrics import macro_f1, score
 from .progress import bar
@@ -395,9 +396,10 @@ class LoglikScorer:
         caches = {}
         with torch.inference_mode():
             for group, prefix, batch in bar(plan, desc=desc, disable=not self.progress, leave=False):
-                if prefix and group not in caches:
-                    caches[group] = self._prefix_cache(requests[batch[0]].context[:prefix])
-                out[batch] = self._score_batch([requests[i] for i in batch], prefix, caches.get(group))
+                with shared_step():  # another process's timing window pauses this one between batches
+                    if prefix and group not in caches:
+                        caches[group] = self._prefix_cache(requests[batch[0]].context[:prefix])
+                    out[batch] = self._score_batch([requests[i] for i in batch], prefix, caches.get(group))
         return out
 
     def _prefix_cache(self, tokens: list[int]):
@@ -525,14 +527,15 @@ def parse_answer(text: str, prompt: Prompt) -> int:
     return best[2] if best else -1
 
 
-def score_with_unmatched(labels, preds, genres=None) -> dict:
+def score_with_unmatched(labels, preds, genres=None, pair_ids=None) -> dict:
     """metrics.score for predictions that may be -1 (an answer that named no label): those count as wrong;
     the confusion matrix and prediction distribution show them in an extra `unmatched` column."""
     labels, preds = np.asarray(labels, dtype=int), np.asarray(preds, dtype=int)
     unmatched = preds < 0
     # A stand-in label that is surely wrong keeps accuracy and per-genre accuracy exact.
     filled = np.where(unmatched, (labels + 1) % len(LABELS), preds)
-    result = score(labels, filled, genres)
+    result = score(labels, filled, genres, pair_ids)
+    result["predictions"] = preds.tolist()  # as answered: -1 for an answer that named no label
     matrix = np.zeros((len(LABELS), len(LABELS) + 1), dtype=int)
     np.add.at(matrix, (labels, np.where(unmatched, len(LABELS), preds)), 1)
     result["confusion"] = matrix[:, : len(LABELS)].tolist()
@@ -611,6 +614,23 @@ class Session:
             out[group] = content_free_bias(scores)
         return out
 
+    def window(self, plan: DemoPlan) -> dict:
+        """Examples per second on one core with nothing else of nlilab running (nlilab.costs.scoring_window), on
+        the first rows of dev-matched: the same rows for every prompting experiment of a profile."""
+        split = EVAL_SPLITS[0]
+        groups = [plan.group(i) for i in range(len(self.data[split]))]
+        requests = self.requests(self.contexts(split, plan), groups)
+        if self.config["scoring"] == "generate":
+            def run(rows):
+                generate_answers(self.model, self.tokenizer, [r.context for r in rows],
+                                 self.config["max_new_tokens"], self.config["batch_size"])
+        else:
+            quiet = LoglikScorer(self.model, self.config["batch_size"], progress=False)
+
+            def run(rows):
+                quiet.score(rows, desc="window")
+        return scoring_window(run, requests)
+
     def evaluate(self, split: str, plan: DemoPlan, bias: dict | None) -> dict:
         """Predictions and metrics for one split; the timed region covers prompt building, tokenization and
         the model, not the model's loading."""
@@ -632,15 +652,16 @@ class Session:
                 extra["uncalibrated_accuracy"] = float((preds == labels).mean())
                 preds = np.stack([calibrate(scores[i], bias[g]) for i, g in enumerate(groups)]).argmax(axis=1)
         wall = time.perf_counter() - started
-        result = score_with_unmatched(labels, preds, ds["genre"])
+        result = score_with_unmatched(labels, preds, ds["genre"], ds["pairID"])
         result.update(extra, eval_wall_time_s=wall, examples_per_second=len(ds) / wall if wall > 0 else None,
                       truncated_prompts=sum(r.truncated for r in requests),
                       context_tokens_mean=float(np.mean([len(r.context) for r in requests])))
         return result
 
 
-def run_seed(session: Session, seed: int, run_dir: Path) -> dict:
-    """Score both dev splits with one draw of demonstrations; written atomically, read back when finished."""
+def run_seed(session: Session, seed: int, run_dir: Path, window: bool = False) -> dict:
+    """Score both dev splits with one draw of demonstrations; written atomically, read back when finished.
+    `window`: time the scoring first (see `Session.window`)."""
     from .results import atomic_write_json, peak_memory_mb, read_json
 
     finished = read_json(Path(run_dir) / RUN_FILE)
@@ -650,11 +671,14 @@ def run_seed(session: Session, seed: int, run_dir: Path) -> dict:
     eval_ids = {pid for split in EVAL_SPLITS for pid in data[split]["pairID"]}
     shots = 0 if config["mode"] == "zero_shot" else 1
     plan = choose_demos(data["train"], seed, shots, config["rotate_demo_labels"], eval_ids)
+    timed = session.window(plan) if window else None
     bias = session.bias(plan) if config["calibration"] == "contextual" else None
-    run = {"seed": seed, "demonstrations": plan.record(), "rotate_demo_labels": plan.rotate and bool(plan.rows),
+    run = {"seed": seed, "window": timed, "demonstrations": plan.record(), "rotate_demo_labels": plan.rotate and bool(plan.rows),
            "content_free_bias": {str(g): dict(zip(LABELS, b.tolist())) for g, b in bias.items()} if bias else None}
-    for split in EVAL_SPLITS:
-        run[split] = session.evaluate(split, plan, bias)
+    with SeedMeter() as meter:  # this seed's own time and peak memory, whatever ran before it
+        for split in EVAL_SPLITS:
+            run[split] = session.evaluate(split, plan, bias)
+    run["cost"] = meter.record()
     run.update(peak_memory_mb())
     atomic_write_json(Path(run_dir) / RUN_FILE, run)
     return run
@@ -687,6 +711,9 @@ def summarize(runs: list[dict], data, config: dict, prompt: Prompt, prompt_rec: 
         cpu_rss_peak_mb=float(max(r["cpu_rss_peak_mb"] for r in runs)),
         gpu_peak_mb=max((r.get("gpu_peak_mb") or 0.0 for r in runs), default=None) or None,
         runs=runs, **model_info)
+    if all("cost" in r for r in runs):
+        window = next((r["window"] for r in runs if r.get("window")), None)
+        out["cost"] = cost_summary([r["cost"] for r in runs], window, activity="eval")
     return out
 
 
@@ -699,15 +726,17 @@ def run(config: dict) -> dict:
 
     # Cheapest refusals first: GPU-only settings without a GPU, a model that cannot be had, a broken prompt.
     device = resolve_device(config)
-    resolved = resolve_model(config["model"])
+    resolved = resolve_model(config["model"], config.get("revision"))
     prompt = experiment_prompt(config)
     data = load_nli(config["data"], seed=config["seed"])
     tokenizer, model = load_model(resolved.path, config, device)
     session = Session(config, data, prompt, tokenizer, model)
     out_dir = experiment_dir(config)
-    runs = [run_seed(session, seed, out_dir / f"seed_{seed}") for seed in prompting_seeds(config)]
+    runs = [run_seed(session, seed, out_dir / f"seed_{seed}", window=i == 0)
+            for i, seed in enumerate(prompting_seeds(config))]
     counts = count_parameters(model)
-    model_info = {"model": config["model"], "model_path": resolved.path, "precision": config["precision"],
+    model_info = {"model": config["model"], "model_path": resolved.path, "model_provenance": resolved.provenance,
+                  "precision": config["precision"],
                   "device": device, "trainable_params": 0, "total_params": counts["total_params"],
                   "trainable_share": 0.0, "data_source": data.source, "data_fingerprint": data.fingerprint,
                   "dropped_unlabeled": data.dropped_unlabeled,

@@ -456,7 +456,7 @@ def run(config: dict) -> dict:
     from .training import RUN_FILE, fit_and_evaluate, resolve_device, summarize
 
     device = resolve_device(config)
-    resolved = resolve_model(config["model"])
+    resolved = resolve_model(config["model"], config.get("revision"))
     quant = plan_quantization(config, device)
     data = load_nli(config["data"], seed=config["seed"])
     tokenizer = load_tokenizer(resolved.path)
@@ -473,7 +473,7 @@ def run(config: dict) -> dict:
         set_seed(seed)  # before building: the head's and the adapters' initialisation depend on it
         built = build(config, resolved.path, tokenizer, quant, device)
         run = fit_and_evaluate(built.model, tokenizer, tokenized, data, config, seed, run_dir, save=built.save,
-                               keep_model=keep == "all" or (keep == "first" and index == 0))
+                               keep_model=keep == "all" or (keep == "first" and index == 0), window=index == 0)
         run["method_notes"] = built.notes
         atomic_write_json(run_dir / RUN_FILE, run)
         runs.append(run)
@@ -483,10 +483,13 @@ def run(config: dict) -> dict:
         raise NlilabError(f"{out_dir}: the finished seeds lack their method notes; delete the seed_* folders "
                           "and run again")
     metrics.update(footprint_record(notes, resolved.path))
+    if metrics.get("cost"):  # beside the static footprint: what training needs, after PEFT's up-casts
+        metrics["cost"]["training_peak_mb"] = metrics["cost"]["gpu_peak_mb"] or metrics["cost"]["peak_rss_mb"]
     if notes.get("total_params_logical"):  # count_parameters sees packed 4-bit tensors at half their size
         metrics["total_params"] = notes["total_params_logical"]
         metrics["trainable_share"] = metrics["trainable_params"] / notes["total_params_logical"]
-    metrics.update(model=config["model"], model_path=resolved.path, method=f"qlora_{config['adapter']}",
+    metrics.update(model=config["model"], model_path=resolved.path, model_provenance=resolved.provenance,
+                   method=f"qlora_{config['adapter']}",
                    method_label=method_label(config["adapter"], notes["quantization"]), method_notes=notes,
                    adapter=config["adapter"],
                    **{k: notes[k] for k in ("quantization", "quantization_requested", "quantization_note",

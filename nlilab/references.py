@@ -81,6 +81,10 @@ PUBLISHED = (
 # Facts the method notes cite (with their sources): the learning-rate gap between full fine-tuning and adapters.
 FULL_FT_LR = ("1e-5 to 2e-5", ROBERTA)
 ADAPTER_LR = ("2e-4 to 5e-4", LORA)
+FULL_FT_LR_RANGE = (1e-5, 2e-5)  # the same ranges as numbers, so the notes compute their ratio
+ADAPTER_LR_RANGE = (2e-4, 5e-4)
+# 4-bit NormalFloat storage against 16-bit weights (QLoRA, section 2): the bits per weight before block constants.
+NF4_BITS, BF16_BITS = 4, 16
 
 
 def seconds(hms: str) -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from . import EVAL_SPLITS, LABELS
 from . import findings as F
+from . import stats
+from .metrics import COLLAPSE_MARGIN
 from .params import Profile, load_profile
 from .references import PUBLISHED, SEED_REPORT, Reference
 from .results import git_commit, load_results, package_versions, read_json
@@ -66,12 +68,20 @@ def _num(value, fmt: str) -> str:
 
 
 def acc_cell(split_metrics: dict | None) -> str:
+    """Mean accuracy with its 95% interval in brackets; an older file without predictions keeps the mean ± the
+    spread over seeds."""
     if not split_metrics or split_metrics.get("accuracy") is None:
         return ""
     text = pct(split_metrics["accuracy"])
+    iv = stats.block_interval(split_metrics)
+    if iv:
+        return text + f" [{pct(iv['low'])}, {pct(iv['high'])}]"
     if split_metrics.get("accuracy_std") is not None and len(split_metrics.get("accuracy_runs") or []) > 1:
         text += f" ± {pct(split_metrics['accuracy_std'])}"
     return text
+
+
+MARGIN = f"{100 * COLLAPSE_MARGIN:g} points"  # the collapse margin as the page prints it
 
 
 def size_text(n_bytes) -> str:
@@ -124,7 +134,7 @@ def status_of(name: str, m: dict | None, failures: dict) -> tuple[str, str]:
     if m.get("status", "ok") != "ok":
         return f"status: {m.get('status')}", "failed"
     if F.collapsed(m) and m.get("kind") != "data":
-        return "COLLAPSED (at most 2 points above the majority class)", "collapsed"
+        return f"COLLAPSED (at most {MARGIN} above the majority class)", "collapsed"
     return "ok", ""
 
 
@@ -159,16 +169,43 @@ def _trainable(m: dict) -> str:
     return text
 
 
+def _train_time(m: dict) -> str:
+    """CPU time per seed (fair) and wall time with what ran beside it; a sweep adds the whole sweep's cost."""
+    cost, parts = m.get("cost") or {}, []
+    if cost.get("train_cpu_time_s"):
+        parts.append(f"{_num(cost['train_cpu_time_s'], '.0f')} s CPU")
+    if m.get("train_wall_time_s"):
+        beside = len((m.get("schedule") or {}).get("overlapped_with") or [])
+        parts.append(hms(m["train_wall_time_s"]) + " wall" + (f" (ran beside {beside} others)" if beside else "")
+                     + ("" if cost else " (not comparable)"))
+    sweep = m.get("sweep") or {}
+    if sweep.get("total_cpu_time_s") or sweep.get("total_wall_time_s"):
+        parts.append(f"whole sweep {_num(sweep.get('total_cpu_time_s'), '.0f')} s CPU, "
+                     f"{hms(sweep.get('total_wall_time_s'))} wall")
+    return "; ".join(parts)
+
+
 def _throughput(m: dict) -> str:
+    window = (m.get("cost") or {}).get("window") or {}
+    if window.get("samples_per_second"):
+        return f"{_num(window['samples_per_second'], '.1f')} train samples/s (exclusive window)"
+    if window.get("examples_per_second"):
+        return f"{_num(window['examples_per_second'], '.1f')} scored ex/s (exclusive window)"
     parts = []
     if m.get("train_samples_per_second"):
         parts.append(f"{_num(m['train_samples_per_second'], '.1f')} train samples/s")
     if m.get("examples_per_second"):
         parts.append(f"{_num(m['examples_per_second'], '.1f')} scored ex/s")
-    return ", ".join(parts)
+    return ", ".join(parts) + (" (not comparable)" if parts else "")
 
 
 def _memory(m: dict) -> str:
+    cost = m.get("cost") or {}
+    if cost.get("peak_rss_mb"):
+        text = f"RAM {_num(cost['peak_rss_mb'], '.0f')} (per-seed peak)"
+        if cost.get("training_peak_mb"):
+            text += f", training peak {_num(cost['training_peak_mb'], '.0f')}"
+        return text + (f", GPU {_num(cost['gpu_peak_mb'], '.0f')}" if cost.get("gpu_peak_mb") else "")
     parts = []
     if m.get("cpu_rss_peak_mb"):
         parts.append(f"RAM {_num(m['cpu_rss_peak_mb'], '.0f')}")
@@ -191,7 +228,7 @@ def results_table(prof: Profile, results: dict, failures: dict) -> str:
         status_html = f'<span class="status-{cls.split()[0]}">{esc(status)}</span>' if cls else esc(status)
         cells = [esc(name), esc(method_text(m, config)), esc(m.get("model", config.get("model", ""))), status_html,
                  esc(len(m["seeds"]) if m.get("seeds") else ""), esc(_trainable(m)),
-                 esc(hms(m.get("train_wall_time_s"))), esc(_throughput(m)), esc(_memory(m)),
+                 esc(_train_time(m)), esc(_throughput(m)), esc(_memory(m)),
                  esc(size_text(m.get("disk_size_bytes"))),
                  esc(acc_cell(m.get(MATCHED))), esc(acc_cell(m.get(MISMATCHED))),
                  esc(_pair(_num((m.get(MATCHED) or {}).get("macro_f1"), ".3f"),
@@ -202,11 +239,16 @@ def results_table(prof: Profile, results: dict, failures: dict) -> str:
         classes.append(cls)
     if not rows:
         return "<p>This profile has no model experiments.</p>"
-    note = ("<p class='note'>Accuracy is the mean over seeds ± the standard deviation where several seeds ran "
-            "(m: dev-matched, mm: dev-mismatched). Train time is h:mm:ss of training per seed (mean over seeds). "
-            "Throughput is training samples per second, or for prompting, scored examples per second. Peak "
-            "memory is the process's peak resident memory (and peak GPU memory where a GPU was used). A run is "
-            "COLLAPSED when its accuracy on either dev split is at most 2 points above always predicting the "
+    how = next(((m.get("cost") or {}).get("how") for m in results.values() if (m.get("cost") or {}).get("how")), "")
+    note = ("<p class='note'>Accuracy is the mean over seeds with its 95% interval in brackets (bootstrap over the "
+            "evaluation rows, combined with the seeds; older results without predictions show ± the spread over "
+            "seeds instead); m: dev-matched, mm: dev-mismatched, both test sets scored once per final model; "
+            "every choice (the sweep's learning rate) was made on the held-out validation split. Train time is CPU "
+            "time of training per seed (comparable across methods) and wall time per seed, which depends on what "
+            "ran beside it and is not compared. Throughput comes from an exclusive timing window; peak memory is "
+            "the per-seed peak resident memory. " + esc(how) + " Figures marked (not comparable) come from older "
+            "results measured while other experiments may have run. A run is "
+            f"COLLAPSED when its accuracy on either dev split is at most {MARGIN} above always predicting the "
             "training set's most frequent label (the majority class).</p>")
     return table(RESULT_HEADER, rows, classes, raw=True) + note
 
@@ -218,8 +260,8 @@ def status_banners(prof: Profile, results: dict, failures: dict) -> str:
                      f'error:<pre>{esc(fail.get("error", "(no error text recorded)"))}</pre></div>')
     gone = [n for n, m in results.items() if n not in failures and m.get("kind") != "data" and F.collapsed(m)]
     if gone:
-        parts.append(f'<div class="banner warn"><b>COLLAPSED: {esc(", ".join(gone))}</b>: accuracy at most 2 '
-                     "points above the majority-class baseline on a dev split; these runs learned (almost) nothing "
+        parts.append(f'<div class="banner warn"><b>COLLAPSED: {esc(", ".join(gone))}</b>: accuracy at most {MARGIN} '
+                     "above the majority-class baseline on a dev split; these runs learned (almost) nothing "
                      "and their numbers must not be read as the method's performance.</div>")
     missing = [n for n in prof.experiments if n not in results and n not in failures]
     if missing:
@@ -244,6 +286,9 @@ def profile_statement(prof: Profile, results: dict) -> str:
     if stand_ins:
         words.append(f"Small stand-in models ({', '.join(models)}) take the place of roberta-large and "
                      "Llama-3-8B so that everything runs on a CPU without the model hub.")
+    for model in sorted({m.get("model") for m in results.values() if F.provenance_text(m)}):
+        words.append(f"{model}: " + F.provenance_text(next(m for m in results.values() if m.get("model") == model
+                                                           and F.provenance_text(m))) + ".")
     if sources == {"bundled"}:
         words.append("Training and scoring use the project's bundled, hand-written NLI set, not MultiNLI, so "
                      "the numbers are not comparable with published MultiNLI results (or with the seed report).")
@@ -309,7 +354,8 @@ def history_tables(results: dict) -> str:
         rows = [[_num(row.get("epoch"), "g"), _num(row.get("train_loss"), ".4f"),
                  _num(row.get("validation_loss"), ".4f"), pct(row.get("accuracy"))] for row in history]
         parts.append(f"<div><h4>{esc(F.method_label(name, m))}</h4>"
-                     + table(["epoch", "training loss", "validation loss", "accuracy % (matched)"], rows) + "</div>")
+                     + table(["epoch", "training loss", "validation loss (held-out validation split)",
+                              "accuracy % (held-out validation split)"], rows) + "</div>")
     return "<div class='grid'>" + "".join(parts) + "</div>" if parts else ""
 
 
@@ -356,6 +402,24 @@ def _side_by_side(figures: list[str]) -> str:
     return "<div class='figs'>" + "".join(f"<div>{f}</div>" for f in figures) + "</div>" if figures else ""
 
 
+def differences_section(results: dict) -> str:
+    """The study's contrasts on dev-matched: paired differences with their 95% intervals, as a table and a
+    figure."""
+    from . import plots
+
+    rows = F.study_contrasts(results)
+    if not rows:
+        return "<p>No contrast to show: full fine-tuning or a paired method is missing.</p>"
+    cells = [[label, F.contrast_text(c), c["verdict"], c.get("n", "")] for label, c in rows]
+    paired = [{"label": label, "diff": c["diff"], "low": c["low"], "high": c["high"]}
+              for label, c in rows if c["kind"] == "paired"]
+    figure = _figure("paired differences", "Accuracy differences on dev-matched (points), each with its paired 95% "
+                     "interval (bootstrap over the shared rows and the seeds): an interval that crosses zero is "
+                     "not distinguishable on these rows.", lambda: plots.paired_differences(paired)) if paired else ""
+    return (table(["contrast (a - b)", "difference, points [95% interval]", "verdict", "shared rows"], cells)
+            + figure)
+
+
 def plots_section(results: dict) -> str:
     from . import plots
 
@@ -364,27 +428,33 @@ def plots_section(results: dict) -> str:
                  for n, m in results.items()}
     histories = {n: h for n, h in histories.items() if h}
     if histories:
-        parts.append(_figure("learning curves", "Training loss, validation loss and dev-matched accuracy per epoch "
+        parts.append(_figure("learning curves", "Training loss, validation loss and accuracy per epoch on the held-out validation split "
                              "for every trained method (mean over seeds).",
                              lambda: plots.learning_curves(histories)))
 
-    def cost_rows(key):
-        return [{"label": n, "x": m[key], "accuracy": 100 * F.accuracy(m), "baseline": 100 * F.baseline(m)
-                 if F.baseline(m) is not None else None, "collapsed": F.collapsed(m)}
-                for n, m in results.items() if m.get(key) and F.accuracy(m) is not None]
+    def cost_rows(read):
+        return [{"label": n, "x": read(m), "accuracy": 100 * F.accuracy(m), "baseline": 100 * F.baseline(m)
+                 if F.baseline(m) is not None else None, "collapsed": F.collapsed(m), "interval": F.interval(m)}
+                for n, m in results.items() if read(m) and F.accuracy(m) is not None]
 
-    by_params, by_time = cost_rows("trainable_params"), cost_rows("train_wall_time_s")
+    def cpu_time(m):
+        return (m.get("cost") or {}).get("train_cpu_time_s")
+
+    by_params, by_time = cost_rows(lambda m: m.get("trainable_params")), cost_rows(cpu_time)
+    unfair = [n for n, m in results.items() if m.get("train_wall_time_s") and not cpu_time(m)]
     untrained = [n for n, m in results.items() if m.get("trainable_params") == 0]
     skip = f" Not shown: {', '.join(untrained)} (no trained parameters)." if untrained else ""
     pair = []
     if by_params:
         pair.append(_figure("accuracy against trainable parameters", "Dev-matched accuracy against the number of "
-                             "trainable parameters (log scale); hollow red points collapsed." + skip,
+                             "trainable parameters (log scale), with 95% intervals; hollow red points collapsed." + skip,
                              lambda: plots.accuracy_scatter(by_params, "trainable parameters (log scale)", log_x=True)))
     if by_time:
-        pair.append(_figure("accuracy against training time", "Dev-matched accuracy against training wall time per "
-                             "seed." + skip,
-                             lambda: plots.accuracy_scatter(by_time, "training time per seed (s)")))
+        pair.append(_figure("accuracy against training time", "Dev-matched accuracy (95% intervals) against the "
+                             "CPU time of training per seed, which does not depend on what ran beside it."
+                             + (f" Not shown: {', '.join(unfair)} (older results without a comparable time)."
+                                if unfair else ""),
+                             lambda: plots.accuracy_scatter(by_time, "training CPU time per seed (s)")))
     parts.append(_side_by_side(pair))
     pair = []
     for split in EVAL_SPLITS:
@@ -406,13 +476,15 @@ def plots_section(results: dict) -> str:
     sweeps = {n: m for n, m in results.items() if (m.get("sweep") or {}).get("points")}
     def sweep_series(m):
         return {s: [{"value": p["value"], "accuracy": p[s]["accuracy"], "accuracy_std": p[s].get("accuracy_std"),
-                     "collapsed": p.get("collapsed")} for p in m["sweep"]["points"]
+                     "interval": stats.block_interval(p[s]), "collapsed": p.get("collapsed")}
+                    for p in m["sweep"]["points"]
                     if p.get("value") is not None and (p.get(s) or {}).get("accuracy") is not None]
-                for s in EVAL_SPLITS}
+                for s in ("validation", *EVAL_SPLITS)}
 
     for name, m in sweeps.items():
         last.append(_figure(f"learning-rate sweep {name}", f"{F.method_label(name, m)}: accuracy against the "
-                             "learning rate (log scale), error bars the spread over seeds.",
+                             "learning rate (log scale) on the held-out validation split (which chose the value) and the two test "
+                             "splits; error bars are 95% intervals (the spread over seeds in older results).",
                              lambda m=m: plots.accuracy_vs_learning_rate(sweep_series(m), F.baseline(m))))
     prompting = {n: m for n, m in results.items() if m.get("kind") == "prompting"
                  and (m.get(MATCHED) or {}).get("prediction_distribution")}
@@ -574,6 +646,7 @@ def build_report(prof: Profile | str, results_dir=None, reports_dir=None) -> Pat
         guarded("status banners", lambda: status_banners(prof, results, failures)),
         guarded("run record", lambda: header_table(prof, results)),
         '<h2 id="results">Results</h2>', guarded("results table", lambda: results_table(prof, results, failures)),
+        "<h3>Paired differences</h3>", guarded("paired differences", lambda: differences_section(usable)),
         '<h2 id="seed">The seed\'s tables, side by side</h2>',
         "<h3>Per-epoch history of each trained method (this run)</h3>",
         guarded("per-epoch tables", lambda: history_tables(usable) or "<p>No trained experiment has a history.</p>"),

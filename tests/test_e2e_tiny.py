@@ -2,6 +2,7 @@
 the report exists and is true to the results, and an unchanged rerun skips everything."""
 
 import json
+import re
 
 import pytest
 
@@ -35,19 +36,44 @@ def test_every_metrics_json_is_complete(tiny_run):
             continue
         for split in EVAL_SPLITS:
             assert SPLIT_FIELDS <= set(metrics[split]), (name, split)
-            assert 0.0 <= metrics[split]["accuracy"] <= 1.0
-            assert sum(map(sum, metrics[split]["confusion"])) == metrics[split]["n"] * len(metrics.get("seeds") or [0])
+            # the confusion matrices are summed over seeds: their diagonal is every seed's correct answers
+            rows = metrics[split]["n"] * len(metrics.get("seeds") or [0])
+            assert sum(map(sum, metrics[split]["confusion"])) == rows
+            correct = sum(metrics[split]["confusion"][k][k] for k in range(len(metrics[split]["confusion"])))
+            assert metrics[split]["accuracy"] == pytest.approx(correct / rows), (name, split)
             assert "accuracy" in metrics["majority_baseline"][split]
         if config["kind"] in ("encoder", "qlora"):
             assert TRAINED_FIELDS <= set(metrics), name
             assert metrics["history"] and {"epoch", "train_loss", "validation_loss", "accuracy"} <= set(metrics["history"][0])
 
 
+def _results_row(page: str, experiment: str) -> dict[str, str]:
+    """The results table's row of one experiment, as {column header: cell text} (tags stripped)."""
+    def cells(row, tag):
+        return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(rf"<{tag}[^>]*>(.*?)</{tag}>", row, re.S)]
+
+    for table in re.findall(r"<table>(.*?)</table>", page, re.S):
+        rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
+        header = cells(rows[0], "th")
+        if "acc. matched %" not in header:
+            continue
+        for row in rows[1:]:
+            found = dict(zip(header, cells(row, "td")))
+            if found.get("experiment") == experiment:
+                return found
+    raise AssertionError(f"no results-table row for {experiment}")
+
+
 def test_report_lists_every_experiment_with_its_measured_accuracy(tiny_run):
     page = tiny_run.report.read_text()
-    ft = json.loads((tiny_run.results_dir / "tiny" / "full_finetune" / "metrics.json").read_text())
-    assert "full_finetune" in page
-    assert f"{100 * ft['validation_matched']['accuracy']:.1f}" in page
+    for name, config in load_profile("tiny").experiments.items():
+        if config["kind"] == "data":
+            continue
+        m = json.loads((tiny_run.results_dir / "tiny" / name / "metrics.json").read_text())
+        row = _results_row(page, name)
+        # the accuracy in the experiment's own row and column, not a number found anywhere on the page
+        assert row["acc. matched %"].startswith(f"{100 * m['validation_matched']['accuracy']:.1f}"), (name, row)
+        assert row["acc. mismatched %"].startswith(f"{100 * m['validation_mismatched']['accuracy']:.1f}"), (name, row)
     for name in load_profile("tiny").experiments:
         assert (tiny_run.reports_dir / "tiny" / "notebooks" / f"{name}.html").is_file()
 

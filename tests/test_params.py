@@ -46,8 +46,9 @@ def test_defaults_are_filled_and_shared_merges_into_experiments(tmp_path):
     """)
     cfg = load_profile(path).experiments["ft"]
     assert cfg["seed"] == 3 and cfg["kind"] == "encoder" and cfg["method"] == "full"
-    assert cfg["data"] == {"source": "bundled", "local_dir": None, "hub_id": "nyu-mll/multi_nli",
-                           "train_limit": 10, "eval_limit": 5}
+    assert cfg["data"] == {"source": "bundled", "local_dir": None, "hub_id": "nyu-mll/multi_nli", "revision": None,
+                           "validation_size": 0.1, "train_limit": 10, "eval_limit": 5}
+    assert cfg["revision"] is None  # an embedded model has no hub revision
     assert cfg["train"]["learning_rate"] == pytest.approx(5e-5)  # YAML reads 5e-5 as text; accepted as a number
     assert cfg["train"]["batch_size"] == 16  # default
     assert Path(cfg["results_dir"]) == tmp_path / "results"  # relative to the folder holding params/

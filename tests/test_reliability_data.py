@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reliabili
 from rel_helpers import hf_rows, make_profile, original_row, write_mnli  # noqa: E402
 
 from nlilab import cli, runner  # noqa: E402
-from nlilab.data import ORIGINAL_NAMES, load_nli  # noqa: E402
+from nlilab.data import ORIGINAL_NAMES, data_fingerprint, ensure_hub_dataset_available, load_nli  # noqa: E402
 from nlilab.errors import DataError  # noqa: E402
 
 
@@ -67,10 +67,20 @@ def test_line_numbers_count_blank_lines(tmp_path):
         load_nli(_local(tmp_path / "mnli"))
 
 
+def _labeled_training_rows(data) -> dict[str, tuple[str, int]]:
+    """pairID -> (premise, label) of the labeled training rows, wherever the held-out validation split put them."""
+    rows = {}
+    for split in ("train", "validation"):
+        ds = data[split]
+        rows.update(zip(ds["pairID"], zip(ds["premise"], ds["label"])))
+    return rows
+
+
 def test_byte_order_mark_is_accepted(tmp_path):
     files = write_mnli(tmp_path / "mnli")
     files["train"].write_bytes(b"\xef\xbb\xbf" + files["train"].read_bytes())
-    assert len(load_nli(_local(tmp_path / "mnli"))["train"]) == 6
+    expected = {r["pairID"]: (r["premise"], r["label"]) for r in hf_rows(6)}
+    assert _labeled_training_rows(load_nli(_local(tmp_path / "mnli"))) == expected
 
 
 @pytest.mark.parametrize("content", ["", "\n\n"], ids=["zero_bytes", "blank_lines"])
@@ -113,12 +123,12 @@ def test_original_schema_with_unlabeled_gold(tmp_path):
                                         "validation_matched": [None, None, "-", None],
                                         "validation_mismatched": [None, None, None]})
     data = load_nli(_local(tmp_path / "orig"))
-    assert {s: len(d) for s, d in data.splits.items()} == {"train": 4, "validation_matched": 3,
-                                                           "validation_mismatched": 3}
+    assert {s: len(data[s]) for s in ("validation_matched", "validation_mismatched")} == {
+        "validation_matched": 3, "validation_mismatched": 3}
     assert data.dropped_unlabeled == {"train": 2, "validation_matched": 1, "validation_mismatched": 0}
-    assert data["train"]["premise"][0] == hf_rows(1)[0]["premise"]
-    assert data["train"]["label"] == [0, 2, 0, 2]  # rows 2 and 5 (neutral) had gold_label '-'
-    assert data["train"]["pairID"] == ["p0", "p2", "p3", "p5"]
+    # rows 2 and 5 (neutral) had gold_label '-'; the other four keep their text and label
+    expected = {r["pairID"]: (r["premise"], r["label"]) for i, r in enumerate(hf_rows(6)) if i not in (1, 4)}
+    assert _labeled_training_rows(data) == expected
 
 
 def test_original_schema_bad_gold_label(tmp_path):
@@ -143,3 +153,29 @@ def test_missing_split_stops_the_run_before_any_notebook(tmp_path, capsys, monke
     assert "Traceback" not in err and str(path) in err and "nothing was run" in err
     assert f"{tmp_path / 'mnli'}: split file(s) missing: train.jsonl (or multinli_1.0_train.jsonl)" in err
     assert not (tmp_path / "results").exists()
+
+
+# ---------------------------------------------------------------------------- a pinned hub dataset (issue 12)
+def _hub_cfg(revision):
+    return {"source": "hub", "local_dir": None, "hub_id": "nyu-mll/multi_nli", "revision": revision,
+            "train_limit": None, "eval_limit": None, "validation_size": 0.1}
+
+
+def test_hub_revision_is_part_of_the_data_fingerprint():
+    prints = {data_fingerprint(_hub_cfg(r), 0) for r in (None, "main", "a" * 40, "b" * 40)}
+    assert len(prints) == 4
+
+
+def test_pinned_hub_dataset_counts_as_cached_only_at_that_commit(tmp_path, monkeypatch):
+    """Offline, another commit's snapshot in the cache is not the pinned data: the run must stop, not load it."""
+    import huggingface_hub.constants
+
+    import nlilab.models
+
+    (tmp_path / "datasets--nyu-mll--multi_nli" / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(nlilab.models, "hub_reachable", lambda *a, **k: False)
+    ensure_hub_dataset_available("nyu-mll/multi_nli", "a" * 40)
+    ensure_hub_dataset_available("nyu-mll/multi_nli")  # unpinned: any cached copy is what it would load
+    with pytest.raises(DataError, match=f"dataset 'nyu-mll/multi_nli' at revision {'b' * 40} is not in the local"):
+        ensure_hub_dataset_available("nyu-mll/multi_nli", "b" * 40)

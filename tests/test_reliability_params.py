@@ -3,15 +3,17 @@ key path and what was expected, and no traceback (issue 7, item 1)."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reliability"))
-from rel_helpers import make_profile, run_cli  # noqa: E402
+from rel_helpers import REPO, make_profile, run_cli, write_mnli  # noqa: E402
 
-from nlilab import cli, runner  # noqa: E402
+from nlilab import cli, params, runner  # noqa: E402
 
 
 def _ff(raw):
@@ -103,6 +105,25 @@ CASES = [
     ("yaml_syntax_error", SYNTAX, ["line 6, column 4: YAML syntax error"]),
     ("duplicate_key", DUPLICATE, ["line 7, column 3: duplicate key 'full_finetune' (first written on line 4)"]),
     ("not_a_mapping", "- data\n- full_finetune\n", ["expected a mapping with 'shared' and 'experiments'"]),
+    # issue 12: each of these was accepted before (or failed only once the run built the model)
+    ("description_mapping", _set("description", {"title": "a mapping"}),
+     ["description: expected a string, got {'title': 'a mapping'}"]),
+    ("encoder_lora_target_not_in_model", lambda raw: raw["experiments"].update({"lora": {
+        "notebook": "12_lora", "model": "minilm", "method": "lora", "lora": {"target_modules": ["query", "valu"]}}}),
+     ["experiments.lora.lora.target_modules[1]: expected a module of 'minilm' that LoRA can adapt, got 'valu' "
+      "(did you mean 'value'?); it has ", "key, ", "query, "]),
+    ("qlora_target_not_in_model", lambda raw: raw["experiments"].update({"q": {
+        "notebook": "21_qlora", "model": "smollm2", "lora": {"target_modules": ["q_proj", "v_prj"]}}}),
+     ["experiments.q.lora.target_modules[1]: expected a module of 'smollm2' that LoRA can adapt, got 'v_prj' "
+      "(did you mean 'v_proj'?); it has ", "gate_proj, "]),
+    ("validation_size_zero", _set("shared.data.validation_size", 0),
+     ["shared.data.validation_size: expected a fraction in (0, 1) or a whole number of rows >= 1, got 0.0"]),
+    ("validation_size_part_of_a_row", _set("shared.data.validation_size", 2.5),
+     ["shared.data.validation_size: expected a fraction in (0, 1) or a whole number of rows >= 1, got 2.5"]),
+    ("revision_of_an_alias", _set("experiments.full_finetune.revision", "main"),
+     ["experiments.full_finetune.revision: a revision pins a hub model, but 'minilm' is an embedded alias"]),
+    ("data_revision_without_hub", _set("shared.data.revision", "main"),
+     ["shared.data.revision: a revision pins a hub dataset, but data.source is 'bundled'; remove it"]),
 ]
 
 
@@ -175,3 +196,62 @@ def test_real_command_line(tmp_path, case):
     proc, _ = run_cli(["run", "--profile", str(path)], timeout=120)
     _assert_one_clean_message(proc.returncode, proc.stderr, path, expected)
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------------------------------------- issue 12
+def test_target_modules_the_model_has_pass(tmp_path):
+    """The check matches as PEFT does (a dotted suffix counts): these run, so they must validate."""
+    path = make_profile(tmp_path, edit=lambda raw: raw["experiments"].update({"lora": {
+        "notebook": "12_lora", "model": "minilm", "method": "lora",
+        "lora": {"target_modules": ["query", "attention.self.value", "output.dense"]}}}))
+    assert params.load_profile(path).experiments["lora"]["lora"]["target_modules"][1] == "attention.self.value"
+
+
+@pytest.mark.parametrize("written, kept", [(None, 0.1), (0.25, 0.25), (200, 200), ("1.0e2", 100)])
+def test_validation_size_is_a_fraction_or_a_row_count(tmp_path, written, kept):
+    edit = None if written is None else _set("shared.data.validation_size", written)
+    config = params.load_profile(make_profile(tmp_path, edit=edit)).experiments["full_finetune"]
+    assert config["data"]["validation_size"] == kept
+    assert type(config["data"]["validation_size"]) is type(kept), "a row count stays a whole number"
+
+
+def test_profile_outside_params_runs_the_project_notebooks(tmp_path):
+    """A profile kept anywhere (here beside its data, no notebooks/ folder there) runs nlilab's notebooks;
+    the data folder it names relative to itself stays relative to itself."""
+    write_mnli(tmp_path / "mine" / "mnli")
+    raw = yaml.safe_load((REPO / "tests" / "fixtures" / "reliability" / "base.yaml").read_text())
+    raw["shared"]["data"] = {"source": "local", "local_dir": "mnli"}
+    path = tmp_path / "mine" / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = params.load_profile(path).experiments["full_finetune"]
+    assert config["notebooks_dir"] == str(params.PROJECT_ROOT / "notebooks")
+    assert config["data"]["local_dir"] == str(tmp_path / "mine" / "mnli")
+
+
+def _hub_model(revision):
+    def edit(raw):
+        _ff(raw)["model"] = "FacebookAI/roberta-large"
+        if revision is not None:
+            _ff(raw)["revision"] = revision
+    return edit
+
+
+@pytest.mark.parametrize("revision, warned", [(None, True), ("main", True), ("722cf37b1afa9454edce342e7895e588b6ff1d59",
+                                                                           False)])
+def test_unpinned_hub_model_warns_but_validates(tmp_path, capsys, revision, warned):
+    path = make_profile(tmp_path, edit=_hub_model(revision))
+    assert cli.main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    expected = (f"nlilab: warning: rel.yaml: experiments.full_finetune.revision: model 'FacebookAI/roberta-large' "
+                f"is not pinned to a commit (got {revision!r})")
+    assert (expected in err) is warned, err
+    assert params.load_profile(path).experiments["full_finetune"]["revision"] == revision
+
+
+def test_paper_profile_pins_its_models_and_data():
+    prof = params.load_profile("paper")
+    assert prof.warnings == []
+    for config in prof.experiments.values():
+        assert re.fullmatch(r"[0-9a-f]{40}", config["data"]["revision"])
+        if "model" in config:
+            assert re.fullmatch(r"[0-9a-f]{40}", config["revision"]), config["name"]

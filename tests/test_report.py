@@ -9,11 +9,12 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import report_fixtures as rf
 from nlilab import findings as F
-from nlilab import report
+from nlilab import report, stats
 from nlilab.cli import main
 from nlilab.params import load_profile
 from nlilab.references import PUBLISHED, SEED_REPORT
@@ -73,10 +74,17 @@ def test_every_experiment_has_a_row_with_its_measured_accuracy(built):
         if "validation_mismatched" in m:
             assert report.pct(m["validation_mismatched"]["accuracy"]) in rows[name], name
     full = metrics["full_finetune"]["validation_matched"]
-    assert f"{report.pct(full['accuracy'])} ± {report.pct(full['accuracy_std'])}" in rows["full_finetune"]
+    correct = np.asarray(full["predictions_runs"]) == np.asarray(full["labels"])
+    iv = stats.accuracy_interval(correct)  # the interval, from the predictions the fixture wrote
+    assert f"{report.pct(full['accuracy'])} [{report.pct(iv['low'])}, {report.pct(iv['high'])}]" in rows["full_finetune"]
+    old = metrics["top_layers"]["validation_matched"]  # an old-style file: no interval, mean as before
+    assert f">{report.pct(old['accuracy'])}</td>" in rows["top_layers"] and "[" not in rows["top_layers"]
     assert "22,714,371 (100%)" in rows["full_finetune"]
-    assert "0:05:00" in rows["full_finetune"]  # 300 s of training per seed
-    assert "9.1 scored ex/s" in rows["zero_shot"] and "NF4" in rows["qlora"]
+    assert "520 s CPU; 0:05:00 wall (ran beside 1 others)" in rows["full_finetune"]  # fair time, then wall
+    assert "0:02:30 wall (not comparable)" in rows["top_layers"]
+    assert "whole sweep 960 s CPU, 0:12:40 wall" in rows["lora_sweep"]
+    assert "9.5 scored ex/s (exclusive window)" in rows["zero_shot"] and "NF4" in rows["qlora"]
+    assert "RAM 2100 (per-seed peak), training peak 640" in rows["qlora"]
 
 
 def test_failed_collapsed_and_missing_runs_are_marked_in_words(built):
@@ -96,7 +104,8 @@ def test_every_finding_is_printed_and_nothing_else_claims_a_best(built):
     page_path, page, metrics = built
     results = {k: v for k, v in metrics.items()}
     found = F.compute(results, {"deep_prompts": rf.FAILURE})
-    assert len(found) > 20
+    assert {f.topic for f in found} >= {"summary", "selection", "versus_full", "lora_seed", "sweep", "prompting",
+                                        "time", "quantization", "collapse", "failure"}
     for f in found:
         assert html.escape(f.text) in page, f.text
     assert page.count("Best on dev-matched") == 1
@@ -106,7 +115,7 @@ def test_plots_are_embedded_pngs(built):
     _, page, _ = built
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
     alts = [alt for alt, _ in images]
-    for expected in ("learning curves", "accuracy against trainable parameters", "accuracy against training time",
+    for expected in ("paired differences", "learning curves", "accuracy against trainable parameters", "accuracy against training time",
                      "confusion matrices validation_matched", "confusion matrices validation_mismatched",
                      "accuracy per genre", "learning-rate sweep lora_sweep", "prompting prediction distribution"):
         assert expected in alts
@@ -127,7 +136,7 @@ def test_seed_and_published_references_are_labelled_and_cited(built):
         if ref.source.url:
             assert f'href="{html.escape(ref.source.url)}"' in refs
     # The per-epoch tables of each trained method, in the seed's columns.
-    assert refs.count("<th>validation loss</th>") == sum(1 for m in rf.experiments().values() if m and m.get("history"))
+    assert refs.count("<th>validation loss (held-out validation split)</th>") == sum(1 for m in rf.experiments().values() if m and m.get("history"))
 
 
 def test_method_notes_cite_measured_numbers(built):
@@ -187,7 +196,9 @@ def test_the_cli_builds_the_report_from_results_alone(tmp_path, capsys):
     assert code == 0
     out = Path(capsys.readouterr().out.strip())
     assert out == tmp_path / "reports" / "tiny" / "index.html"
-    assert "63.3 ± 1.2" in out.read_text()
+    block = fixture["full_finetune"]["validation_matched"]
+    iv = stats.accuracy_interval(np.asarray(block["predictions_runs"]) == np.asarray(block["labels"]))
+    assert f"63.3 [{report.pct(iv['low'])}, {report.pct(iv['high'])}]" in out.read_text()
     assert not (tmp_path / "results" / "tiny" / "full_finetune" / "seed_0").exists()
 
 
@@ -254,6 +265,7 @@ def test_any_optional_field_may_be_missing_or_null(tmp_path, monkeypatch):
     monkeypatch.setattr(plots, "to_data_uri", quick_uri)
     monkeypatch.setattr(Figure, "tight_layout", lambda self, *a, **k: None)
     monkeypatch.setattr(report, "git_commit", lambda: "abc")  # one `git` call per section build adds up
+    monkeypatch.setattr(stats, "RESAMPLES", 40)  # intervals are checked elsewhere; here only that pages build
     base = {k: v for k, v in rf.experiments().items() if v}
     few = {k: base[k] for k in ("lora_sweep", "zero_shot")}  # between them, every plot: fewest figures
     keys = sorted(set().union(*(_field_names(m) for m in base.values())) - REQUIRED)
@@ -272,3 +284,24 @@ def test_any_optional_field_may_be_missing_or_null(tmp_path, monkeypatch):
                 parts.append(report.plots_section({n: _strip(m, key, replacement) for n, m in few.items()}))
             page = "".join(parts)
             assert "could not be" not in page, (key, replacement, re.findall(r"could not be [^<]*", page)[:2])
+
+
+def test_paired_differences_table_matches_independent_bootstrap(built):
+    _, page, metrics = built
+    section = page.split("<h3>Paired differences</h3>")[1].split("</table>")[0]
+    a, b = metrics["lora"]["validation_matched"], metrics["full_finetune"]["validation_matched"]
+    d = stats.paired_difference(np.asarray(a["predictions_runs"]) == np.asarray(a["labels"]),
+                                np.asarray(b["predictions_runs"]) == np.asarray(b["labels"]))
+    row = section.split("lora - full_finetune")[1].split("</tr>")[0]
+    assert f"{100 * d['diff']:+.1f} points [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]" in row
+    assert html.escape(stats.verdict(d)) in row
+
+
+def test_collapse_margin_and_stand_ins_are_stated_from_their_sources(built):
+    _, page, _ = built
+    from nlilab.metrics import COLLAPSE_MARGIN
+
+    assert f"at most {100 * COLLAPSE_MARGIN:g} points above the majority class" in page
+    top = page.split('id="results"')[0]
+    assert "smollm2: its weights came as a Q4_1 GGUF file" in top and "16-bit copy of Q4_1-rounded weights" in top
+    assert "validation loss (held-out validation split)" in page
