@@ -61,7 +61,9 @@ def test_failing_notebook_is_isolated_then_rerun_alone(tmp_path, capsys, monkeyp
     assert rc == 0, err
     assert "done: local_data: ran, data: skipped" in out
     assert read_json(results / "data" / "metrics.json") == finished  # the finished result stayed as it was
-    assert read_json(results / "local_data" / "metrics.json")["data_sizes"]["train"] == 6
+    sizes = read_json(results / "local_data" / "metrics.json")["data_sizes"]
+    # the 6 labeled training rows: one per label held out for validation, the rest trained on
+    assert (sizes["train"], sizes["validation"]) == (3, 3)
     assert not (results / "local_data" / "failure.json").exists()
     assert "FAILED" not in (tmp_path / "reports" / "rel" / "index.html").read_text(encoding="utf-8")
     assert stray_tmp_files(tmp_path) == []
