@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import EVAL_SPLITS
-from .costs import WINDOW_WARMUP, SeedMeter, cost_summary, step_lock_callback, training_window
+from .costs import WINDOW_REPEATS, WINDOW_WARMUP, SeedMeter, cost_summary, step_lock_callback, training_window
 from .data import HELD_OUT
 from .errors import NlilabError
 from .metrics import is_collapsed, majority_baseline, score
@@ -184,8 +184,11 @@ def method_window(model, tokenizer, tokenized: dict, config: dict, seed: int, le
 
     train = config["train"]
     steps, warmup = train["window_steps"], min(train["window_steps"], WINDOW_WARMUP)
+    # a QLoRA step takes seconds on a CPU: one run of its steps averages enough, three would cost minutes
+    repeats = 1 if config["kind"] == "qlora" else WINDOW_REPEATS
     return training_window(model, DataCollatorWithPadding(tokenizer), tokenized["train"], train["batch_size"],
                            device=resolve_device(config), seed=config["seed"], steps=steps, warmup=warmup,
+                           repeats=repeats,
                            learning_rate=learning_rate or train["learning_rate"], precision=config["precision"])
 
 
