@@ -176,7 +176,7 @@ def _train_time(m: dict) -> str:
         parts.append(f"{_num(cost['train_cpu_time_s'], '.0f')} s CPU")
     if m.get("train_wall_time_s"):
         beside = len((m.get("schedule") or {}).get("overlapped_with") or [])
-        parts.append(hms(m["train_wall_time_s"]) + " wall" + (f" (ran beside {beside} others)" if beside else "")
+        parts.append(hms(m["train_wall_time_s"]) + " wall" + (f" (ran beside {beside} other{'s' if beside > 1 else ''})" if beside else "")
                      + ("" if cost else " (not comparable)"))
     sweep = m.get("sweep") or {}
     if sweep.get("total_cpu_time_s") or sweep.get("total_wall_time_s"):
