@@ -80,7 +80,7 @@ def test_every_experiment_has_a_row_with_its_measured_accuracy(built):
     old = metrics["top_layers"]["validation_matched"]  # an old-style file: no interval, mean as before
     assert f">{report.pct(old['accuracy'])}</td>" in rows["top_layers"] and "[" not in rows["top_layers"]
     assert "22,714,371 (100%)" in rows["full_finetune"]
-    assert "520 s CPU; 0:05:00 wall (ran beside 1 others)" in rows["full_finetune"]  # fair time, then wall
+    assert "520 s CPU; 0:05:00 wall (ran beside 1 other)" in rows["full_finetune"]  # fair time, then wall
     assert "0:02:30 wall (not comparable)" in rows["top_layers"]
     assert "whole sweep 960 s CPU, 0:12:40 wall" in rows["lora_sweep"]
     assert "9.5 scored ex/s (exclusive window)" in rows["zero_shot"] and "NF4" in rows["qlora"]
