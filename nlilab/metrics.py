@@ -78,22 +78,17 @@ def summed_distribution(distributions: list[dict]) -> dict:
     return {k: int(sum(d.get(k, 0) for d in distributions)) for k in keys}
 
 
-def correct_matrix(labels, predictions_runs) -> np.ndarray:
-    """seeds x rows, True where a seed's prediction is the gold label (an unmatched answer, -1, is wrong)."""
-    return np.asarray(predictions_runs, dtype=int) == np.asarray(labels, dtype=int)[None, :]
-
-
 def _row_record(per_run: list[dict]) -> dict:
     """The rows and every seed's predictions, with the accuracy interval they give (absent in old run files)."""
     if any("predictions" not in r for r in per_run):
         return {}
-    from .stats import accuracy_interval
+    from .stats import block_interval
 
     first = per_run[0]
     out = {"labels": first["labels"], "predictions_runs": [r["predictions"] for r in per_run]}
     if "pair_ids" in first:
         out["pair_ids"] = first["pair_ids"]
-    out["interval"] = accuracy_interval(correct_matrix(out["labels"], out["predictions_runs"]))
+    out["interval"] = block_interval(out)
     return out
 
 

@@ -245,11 +245,10 @@ def weights_identity(name: str, revision: str | None = None) -> dict:
     source = model_source(name)
     if source == "alias":
         alias = ALIASES[name]
-        spec = importlib.util.find_spec(alias.package)
-        files = None
-        if spec is not None and spec.submodule_search_locations:
-            # the package's version pins its files' content; times would change with every reinstall
-            files = _files_digest(Path(list(spec.submodule_search_locations)[0]) / alias.relpath, times=False)
+        try:  # the package's version pins its files' content; times would change with every reinstall
+            files = _files_digest(_package_dir(alias) / alias.relpath, times=False)
+        except ModelError:  # not installed: the run itself will say so
+            files = None
         return {"source": source, "package": alias.pip_name, "version": package_version(alias.pip_name),
                 "files": files}
     if source == "local":
