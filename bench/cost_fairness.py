@@ -1,6 +1,6 @@
 """Do the encoder methods' throughput figures depend on --jobs? Runs a profile's encoder experiments twice, into
 a temporary results folder: once with --jobs 1, once with --jobs 2 (forced both times), and prints each
-experiment's timing-window throughput (m["cost"]["window"], measured by nlilab.costs.training_window under the
+experiment's timing-window throughput (m["cost"]["window"], measured by nlilab.training.costs.training_window under the
 exclusive lock) from both runs, their ratio, and what overlapped each experiment in the parallel run. The goal
 (issue 12): every ratio within 15% of 1.
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nlilab.params import load_profile  # noqa: E402
 from nlilab.results import load_results  # noqa: E402
-from nlilab.runner import run_profile  # noqa: E402
+from nlilab.run.runner import run_profile  # noqa: E402
 
 TOLERANCE = 0.15
 JOBS = (1, 2)

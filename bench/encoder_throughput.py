@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nlilab.data import load_nli  # noqa: E402
-from nlilab.models import resolve_model  # noqa: E402
+from nlilab.data.nli import load_nli  # noqa: E402
+from nlilab.models.resolve import resolve_model  # noqa: E402
 from nlilab.params import KIND_FIELDS, SHARED_FIELDS, _validate_mapping  # noqa: E402
-from nlilab.training import build_trainer, tokenize_splits  # noqa: E402
+from nlilab.training.trainer import build_trainer, tokenize_splits  # noqa: E402
 
 
 def config_for(args, precision: str) -> dict:

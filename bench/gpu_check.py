@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def export_tokenizers(target: Path) -> None:
     from transformers import AutoTokenizer
 
-    from nlilab.models import resolve_model
+    from nlilab.models.resolve import resolve_model
 
     for alias in ("minilm", "smollm2"):
         AutoTokenizer.from_pretrained(resolve_model(alias).path).save_pretrained(target / alias)
@@ -35,8 +35,13 @@ def export_tokenizers(target: Path) -> None:
 
 def tiny_models(tokenizers: Path, folder: Path) -> dict[str, str]:
     """A 2-layer BERT and a 2-layer Llama, random weights, with the real tokenizers of the stand-in models."""
-    from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     bert_tok = AutoTokenizer.from_pretrained(tokenizers / "minilm")
     bert = BertForSequenceClassification(BertConfig(vocab_size=bert_tok.vocab_size, hidden_size=64,
@@ -104,7 +109,7 @@ experiments:
 def run_checks(tokenizers: Path, out: Path | None, dry_run: bool = False) -> int:
     import torch
 
-    from nlilab import encoder, prompting, qlora
+    from nlilab.experiments import encoder, prompting, qlora
     from nlilab.params import load_profile, with_output_dirs
 
     report = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),

@@ -24,9 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nlilab.data import load_nli  # noqa: E402
-from nlilab.models import resolve_model  # noqa: E402
-from nlilab.prompting import LoglikScorer, build_context, encode_requests, load_prompt  # noqa: E402
+from nlilab.data.nli import load_nli  # noqa: E402
+from nlilab.models.resolve import resolve_model  # noqa: E402
+from nlilab.prompting.prompts import build_context, load_prompt  # noqa: E402
+from nlilab.prompting.scoring import LoglikScorer, encode_requests  # noqa: E402
 
 
 def contexts_for(prompt, ds) -> list[str]:

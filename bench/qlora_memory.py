@@ -1,9 +1,9 @@
 """QLoRA memory: the base classifier's weights as loaded in 4-bit against the same architecture in 16-bit.
 
-Loads the model the way the QLoRA notebook does (nlilab.qlora.load_base: NF4 linear layers, double
+Loads the model the way the QLoRA notebook does (nlilab.methods.qlora.load_base: NF4 linear layers, double
 quantization, the new head unquantized), once with the embedding table left in 16 bits (the QLoRA recipe) and
 once with it in NF4 too (`quantize_embeddings: true`), and prints bytes and ratios. The 16-bit reference is the
-same classifier built on the meta device in bfloat16 (nlilab.qlora.sixteen_bit_bytes). CPU is enough.
+same classifier built on the meta device in bfloat16 (nlilab.methods.qlora.sixteen_bit_bytes). CPU is enough.
 
     .venv/bin/python bench/qlora_memory.py [--model smollm2]
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nlilab import qlora  # noqa: E402
-from nlilab.models import resolve_model  # noqa: E402
+from nlilab.methods import qlora
+from nlilab.models.resolve import resolve_model  # noqa: E402
 
 MB = 2**20
 

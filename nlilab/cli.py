@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import NlilabError
+from nlilab.errors import NlilabError
 
 
 def _validate(args) -> int:
-    from .params import load_profile
+    from nlilab.params import load_profile
 
     prof = load_profile(args.params)
     for warning in prof.warnings:  # allowed, so not a failure; said, because a rerun may not reproduce it
@@ -22,7 +22,7 @@ def _validate(args) -> int:
 
 
 def _run(args) -> int:
-    from .runner import run_profile
+    from nlilab.run.runner import run_profile
 
     outcomes = run_profile(args.profile, force=args.force, only=args.only, results_dir=args.results_dir,
                            reports_dir=args.reports_dir, jobs=args.jobs)
@@ -48,7 +48,7 @@ def _jobs(text: str):
 
 
 def _report(args) -> int:
-    from .report import build_report
+    from nlilab.report.build import build_report
 
     print(build_report(args.profile, results_dir=args.results_dir, reports_dir=args.reports_dir))
     return 0

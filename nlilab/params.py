@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import ParamsError
+from nlilab.errors import ParamsError
 
 MISSING = object()
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ TRAIN_FIELDS = section(
     logging_steps=integer(10, minimum=1),
     save_total_limit=integer(1, minimum=1),
     group_by_length=flag(True),
-    # the exclusive timing window's optimizer steps (nlilab.costs.training_window), once per experiment; 0: none
+    # the exclusive timing window's optimizer steps (nlilab.training.costs.training_window), once per experiment; 0: none
     window_steps=integer(12, minimum=0),
 )
 
@@ -144,7 +144,7 @@ KIND_FIELDS: dict[str, dict[str, Field]] = {
         "revision": revision("hub model"),  # hub ids only; null takes the hub's latest
         "method": string("full", choices=ENCODER_METHODS),
         # what the head reads: auto = the model folder's own choice (mean for sentence-transformers models such
-        # as MiniLM, the architecture's [CLS]/first-token head otherwise); see nlilab/pooling.py
+        # as MiniLM, the architecture's [CLS]/first-token head otherwise); see nlilab/methods/pooling.py
         "pooling": string("auto", choices=("auto", "cls", "mean")),
         "seeds": listof(integer(minimum=0), default=None, nullable=True),
         # which seeds keep their trained model folder: a full fine-tune of roberta-large is 1.4 GB a seed
@@ -194,7 +194,7 @@ KIND_FIELDS: dict[str, dict[str, Field]] = {
         "max_new_tokens": integer(5, minimum=1),
     },
     # A decoder LM as a sequence classifier: 4-bit base, LoRA (or bottleneck) adapters, a linear head over the
-    # last non-pad token (nlilab.qlora).
+    # last non-pad token (nlilab.methods.qlora).
     "qlora": {
         "model": string(expect="a model alias, hub id (org/name) or local folder"),
         "revision": revision("hub model"),  # hub ids only; null takes the hub's latest
@@ -397,7 +397,9 @@ def _notebooks_root(path: Path) -> Path:
 
 def load_profile(profile: str | os.PathLike) -> Profile:
     """Load and validate a profile completely; raise ParamsError listing every problem."""
-    from .models import check_model_name  # local import: models imports params' constants
+    from nlilab.models.resolve import (
+        check_model_name,  # local import: models imports params' constants
+    )
 
     path = resolve_profile_path(profile)
     raw = _read_yaml(path)
@@ -532,7 +534,7 @@ def _cross_checks(name: str, config: dict, check_model_name) -> list[str]:
 
 def _model_checks(path: str, config: dict) -> list[str]:
     """Checks of a model the machine holds: a revision only for hub ids; LoRA targets it has."""
-    from .models import model_source
+    from nlilab.models.resolve import model_source
 
     source = model_source(config["model"])
     if source != "hub" and config["revision"] is not None:
@@ -548,7 +550,7 @@ def _target_module_checks(path: str, config: dict) -> list[str]:
     """PEFT fails only when the run builds the model if a target names no module of it. A local model's
     classifier is built on the meta device here (seconds, no weights) and each target matched as PEFT
     matches a list: a module's dotted name equal to it or ending with '.' + it."""
-    from .models import adaptable_modules
+    from nlilab.models.resolve import adaptable_modules
 
     try:
         names = adaptable_modules(config["model"])
@@ -568,7 +570,7 @@ def _target_module_checks(path: str, config: dict) -> list[str]:
 
 def _unpinned(name: str, config: dict) -> list[str]:
     """Hub models and datasets not pinned to a commit: allowed (the hub's latest), but a rerun may differ."""
-    from .models import is_pinned, model_source
+    from nlilab.models.resolve import is_pinned, model_source
 
     path, found = f"experiments.{name}", []
     model = config.get("model")
@@ -619,7 +621,9 @@ def _kind_checks(path: str, config: dict) -> list[str]:
 
 
 def _prompting_checks(path: str, config: dict) -> list[str]:
-    from .prompting import load_prompt  # local import: prompting imports params' neighbours
+    from nlilab.prompting.prompts import (
+        load_prompt,  # local import: prompting imports params' neighbours
+    )
 
     errors = []
     if config.get("seeds") and config["mode"] == "zero_shot":

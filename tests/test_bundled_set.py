@@ -1,4 +1,4 @@
-"""Checks on the hand-written bundled NLI set in nlilab/bundled/."""
+"""Checks on the hand-written bundled NLI set in nlilab/data/bundled/."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-BUNDLED = Path(__file__).resolve().parents[1] / "nlilab" / "bundled"
+BUNDLED = Path(__file__).resolve().parents[1] / "nlilab" / "data" / "bundled"
 SPLITS = ("train", "validation_matched", "validation_mismatched")
 KEYS = {"pairID", "premise", "hypothesis", "genre", "label"}
 

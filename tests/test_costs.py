@@ -1,4 +1,4 @@
-"""nlilab.costs: per-seed peaks and CPU time, the cross-process timing lock, timing windows that leave the model
+"""nlilab.training.costs: per-seed peaks and CPU time, the cross-process timing lock, timing windows that leave the model
 as it was, and the runner's schedule (which experiments overlapped)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from nlilab import costs
 from nlilab.results import SCHEDULE, load_results, read_json, write_metrics
-from nlilab.runner import write_schedules
+from nlilab.run.workers import write_schedules
+from nlilab.training import costs
 
 MB = 2**20
 
@@ -70,7 +70,7 @@ def test_cpu_time_counts_work_not_waiting():
 # ------------------------------------------------------------------------------------------------ the lock
 HOLDER = """
 import sys
-from nlilab import costs
+from nlilab.training import costs
 with (costs.shared_step() if sys.argv[1] == "shared" else costs.exclusive()):
     print("holding", flush=True)
     sys.stdin.readline()
@@ -140,7 +140,7 @@ def test_shared_holders_do_not_block_each_other(lock_folder):
 
 STEPPER = """
 import sys, time
-from nlilab import costs
+from nlilab.training import costs
 end = time.perf_counter() + float(sys.argv[1])
 first = True
 while time.perf_counter() < end:
@@ -367,16 +367,16 @@ def test_the_trainer_callback_holds_the_lock_while_training_and_lets_a_window_in
 
 
 def test_a_sequential_run_writes_schedules_and_shares_the_lock_folder(tmp_path, monkeypatch):
-    from nlilab import runner
+    from nlilab.run import execute, runner
 
     seen = {}
 
     def fake_run(config, force=False, key=None):
         seen[config["name"]] = os.environ.get(costs.LOCK_ENV)
         if config["name"] == "fresh":
-            return runner.Outcome("fresh", "skipped", 0.0)
+            return execute.Outcome("fresh", "skipped", 0.0)
         time.sleep(0.05)
-        return runner.Outcome(config["name"], "ran", 0.05)
+        return execute.Outcome(config["name"], "ran", 0.05)
 
     monkeypatch.setattr(runner, "run_experiment", fake_run)
     configs = [{"name": n, "notebook": "x", "profile": "p", "results_dir": str(tmp_path),

@@ -1,13 +1,18 @@
 """Data from the three sources, the -1 filter, stratified subsampling and malformed rows."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from nlilab import SPLITS
-from nlilab.data import BUNDLED_DIR, data_fingerprint, load_nli, read_jsonl, stratified_indices
+from nlilab.data.nli import (
+    BUNDLED_DIR,
+    data_fingerprint,
+    load_nli,
+    read_jsonl,
+    stratified_indices,
+)
 from nlilab.errors import DataError
 
 ROWS = [  # our own toy rows, two per label plus an unlabeled one
@@ -77,7 +82,7 @@ def test_original_multinli_files_with_dash_for_unlabeled(tmp_path):
 def test_hub_source_goes_through_datasets(monkeypatch, revision):
     import datasets
 
-    import nlilab.models
+    import nlilab.models.resolve
 
     def fake_load_dataset(hub_id, revision=None):
         assert (hub_id, revision) == ("nyu-mll/multi_nli", expected_revision), "the pinned revision must be asked for"
@@ -86,7 +91,7 @@ def test_hub_source_goes_through_datasets(monkeypatch, revision):
                  "hypothesis": [f"H {i}." for i in range(5)], "genre": ["fiction"] * 5, "label": labels}
         return {split: datasets.Dataset.from_dict(table) for split in SPLITS}
 
-    monkeypatch.setattr(nlilab.models, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(nlilab.models.resolve, "hub_reachable", lambda *a, **k: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     expected_revision = revision
     data = load_nli(cfg("hub", revision=revision))
@@ -94,9 +99,9 @@ def test_hub_source_goes_through_datasets(monkeypatch, revision):
 
 
 def test_hub_source_offline_fails_fast_naming_the_dataset(monkeypatch):
-    import nlilab.models
+    import nlilab.models.resolve
 
-    monkeypatch.setattr(nlilab.models, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(nlilab.models.resolve, "hub_reachable", lambda *a, **k: False)
     with pytest.raises(DataError, match="dataset 'nyu-mll/multi_nli' is not in the local .* --profile cpu"):
         load_nli(cfg("hub"))
 

@@ -8,7 +8,7 @@ import pytest
 
 from nlilab import EVAL_SPLITS
 from nlilab.params import load_profile
-from nlilab.runner import run_profile
+from nlilab.run.runner import run_profile
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from nlilab import EVAL_SPLITS
-from nlilab.metrics import COLLAPSE_MARGIN
+from nlilab.evaluation.metrics import COLLAPSE_MARGIN
 from nlilab.params import load_profile
 
 pytestmark = pytest.mark.slow

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import copy
 import random
-import re
 
 import numpy as np
 import pytest
-
 import report_fixtures as rf
-from nlilab import findings as F
-from nlilab import stats
-from nlilab.metrics import COLLAPSE_MARGIN
+
+from nlilab.evaluation import stats
+from nlilab.evaluation.metrics import COLLAPSE_MARGIN
+from nlilab.report import findings as F
 
 
 @pytest.fixture()
@@ -145,7 +144,7 @@ def test_lora_at_the_seed_settings_names_every_difference(results):
 
 
 def test_learning_rates_keep_their_significant_digits():
-    from nlilab.methods import method_label
+    from nlilab.methods.encoder import method_label
 
     assert F.rate(2.5e-5) == "2.5e-5" and F.rate(1.25e-4) == "1.25e-4" and F.rate(3e-4) == "3e-4"
     config = {"method": "lora", "lora": {"r": 8, "alpha": 16}, "train": {"learning_rate": 2.5e-5}}
@@ -295,8 +294,8 @@ def test_one_shot_is_compared_with_the_zero_shot_run_of_its_own_prompt(results):
 
 
 def test_notes_compute_or_cite_their_figures(results):
-    from nlilab import notes
-    from nlilab.references import ADAPTER_LR_RANGE, FULL_FT_LR_RANGE
+    from nlilab.report import notes
+    from nlilab.report.references import ADAPTER_LR_RANGE, FULL_FT_LR_RANGE
 
     text = " ".join(" ".join(p) for _, p in notes.all_notes(results, F.compute(results)))
     assert "fourfold" not in text and "twenty-five" not in text

@@ -8,8 +8,8 @@ import copy
 import pytest
 import torch
 
-from nlilab import methods
 from nlilab.errors import NlilabError
+from nlilab.methods import encoder as methods
 from nlilab.params import load_profile
 
 METHODS = ("full", "top_layers", "lora", "ptuning", "prefix")
@@ -23,7 +23,7 @@ def base_config():
 
 @pytest.fixture(scope="module")
 def model_path():
-    from nlilab.models import resolve_model
+    from nlilab.models.resolve import resolve_model
 
     return resolve_model("minilm").path
 
@@ -32,7 +32,7 @@ def model_path():
 def batch(model_path):
     from transformers import AutoTokenizer
 
-    from nlilab.data import load_nli
+    from nlilab.data.nli import load_nli
 
     data = load_nli({"source": "bundled", "local_dir": None, "hub_id": "", "train_limit": None,
                      "eval_limit": None}, seed=0)["train"][:4]
@@ -150,7 +150,7 @@ def test_lora_unknown_target_module_is_refused(base_config, model_path):
 
 
 def test_prefix_of_length_zero_is_the_plain_model(base_config, model_path, batch):
-    from nlilab.prefix import PrefixClassifier
+    from nlilab.methods.prefix import PrefixClassifier
 
     plain = methods._base_classifier(base_config, model_path)
     wrapped = PrefixClassifier(plain, length=0)
@@ -162,7 +162,7 @@ def test_masked_out_prefix_is_the_plain_model(base_config, model_path, batch):
     tokens keep their positions. Unmasked, the same prefix does change the output."""
     from transformers import DynamicCache
 
-    from nlilab.prefix import PrefixClassifier, _plain_position_ids
+    from nlilab.methods.prefix import PrefixClassifier, _plain_position_ids
 
     torch.manual_seed(0)
     plain = methods._base_classifier(base_config, model_path).eval()

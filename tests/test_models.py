@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import nlilab.models as models
+import nlilab.models.resolve as models
 from nlilab.errors import ModelError
 
 

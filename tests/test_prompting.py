@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlilab import LABELS, params, prompting
+from nlilab import LABELS, params
 from nlilab.errors import ParamsError
+from nlilab.experiments import prompting
+from nlilab.prompting import demos, generation, prompts, scoring
 
 BUNDLED = {"source": "bundled", "local_dir": None, "hub_id": "nyu-mll/multi_nli", "train_limit": None,
            "eval_limit": 6}
@@ -18,29 +20,29 @@ BUNDLED = {"source": "bundled", "local_dir": None, "hub_id": "nyu-mll/multi_nli"
 
 # ------------------------------------------------------------------------------------------------ templates
 def test_harness_template_renders_exactly():
-    prompt = prompting.load_prompt("harness_mnli")
+    prompt = prompts.load_prompt("harness_mnli")
     assert prompt.label_words == (" True", " Neither", " False")
     # The harness strips the hypothesis and ends it with '.'; the premise is left as it is.
-    assert prompting.build_context(prompt, "A man sleeps.", "  A person rests ") == \
+    assert prompts.build_context(prompt, "A man sleeps.", "  A person rests ") == \
         "A man sleeps.\nQuestion: A person rests. True, False or Neither?\nAnswer:"
-    assert prompting.fill(prompt, "P", "H.") == "P\nQuestion: H. True, False or Neither?\nAnswer:"
+    assert prompts.fill(prompt, "P", "H.") == "P\nQuestion: H. True, False or Neither?\nAnswer:"
     demo = {"premise": "It rains.", "hypothesis": "It is dry", "label": 2}
-    assert prompting.build_context(prompt, "A man sleeps.", "A person rests.", [demo]) == (
+    assert prompts.build_context(prompt, "A man sleeps.", "A person rests.", [demo]) == (
         "It rains.\nQuestion: It is dry. True, False or Neither?\nAnswer: False\n\n"
         "A man sleeps.\nQuestion: A person rests. True, False or Neither?\nAnswer:")
 
 
 def test_prompt_files_are_valid_and_versioned():
-    assert {"harness_mnli", "instruct_chat"} <= set(prompting.available_prompts())
-    for name in prompting.available_prompts():
-        record = prompting.load_prompt(name).record()
+    assert {"harness_mnli", "instruct_chat"} <= set(prompts.available_prompts())
+    for name in prompts.available_prompts():
+        record = prompts.load_prompt(name).record()
         assert record["version"] >= 1 and len(record["template_sha256"]) == 64
         assert set(record["label_words"]) == set(LABELS)
 
 
 def test_overrides_apply_and_change_the_hash():
-    base = prompting.load_prompt("harness_mnli")
-    changed = prompting.load_prompt("harness_mnli", {"label_words": {"neutral": " Maybe"}, "version": 1})
+    base = prompts.load_prompt("harness_mnli")
+    changed = prompts.load_prompt("harness_mnli", {"label_words": {"neutral": " Maybe"}, "version": 1})
     assert changed.label_words == (" True", " Maybe", " False")
     assert changed.record()["template_sha256"] != base.record()["template_sha256"]
 
@@ -53,18 +55,18 @@ def test_overrides_apply_and_change_the_hash():
 ])
 def test_bad_prompt_overrides_are_named(overrides, words):
     with pytest.raises(ParamsError, match=words):
-        prompting.load_prompt("harness_mnli", overrides)
+        prompts.load_prompt("harness_mnli", overrides)
 
 
 def test_unknown_prompt_lists_the_shipped_ones():
     with pytest.raises(ParamsError, match="harness_mnli"):
-        prompting.load_prompt("no_such_prompt")
+        prompts.load_prompt("no_such_prompt")
 
 
 # ----------------------------------------------------------------------------------------- demonstrations
 @pytest.fixture(scope="module")
 def bundled():
-    from nlilab.data import load_nli
+    from nlilab.data.nli import load_nli
 
     return load_nli(BUNDLED, seed=0)
 
@@ -74,25 +76,25 @@ def test_demonstrations_come_from_train_only(bundled):
                 for pid in bundled[split]["pairID"]}
     train_ids = set(bundled["train"]["pairID"])
     for seed in range(5):
-        plan = prompting.choose_demos(bundled["train"], seed, 1, rotate=True, exclude_ids=eval_ids)
+        plan = demos.choose_demos(bundled["train"], seed, 1, rotate=True, exclude_ids=eval_ids)
         assert all(row["pairID"] in train_ids and row["pairID"] not in eval_ids for row in plan.rows)
     # The guard: rows listed as evaluated are never drawn, even when they sit in the train split.
     some = list(train_ids)[:-3]
-    plan = prompting.choose_demos(bundled["train"], 0, 1, rotate=False, exclude_ids=some)
+    plan = demos.choose_demos(bundled["train"], 0, 1, rotate=False, exclude_ids=some)
     assert plan.rows[0]["pairID"] not in some
 
 
 def test_rotation_balances_demonstration_labels(bundled):
-    plan = prompting.choose_demos(bundled["train"], 4, 1, rotate=True)
+    plan = demos.choose_demos(bundled["train"], 4, 1, rotate=True)
     shown = [plan.for_example(i)[0]["label"] for i in range(30)]
     assert np.bincount(shown, minlength=3).tolist() == [10, 10, 10]
-    fixed = prompting.choose_demos(bundled["train"], 4, 1, rotate=False)
+    fixed = demos.choose_demos(bundled["train"], 4, 1, rotate=False)
     assert len({fixed.for_example(i)[0]["pairID"] for i in range(30)}) == 1
     # Each group's demonstrations are those its examples see (content-free calibration relies on it).
     assert all(plan.groups()[plan.group(i)] == plan.for_example(i) for i in range(30))
-    zero = prompting.choose_demos(bundled["train"], 4, 0, rotate=True)
+    zero = demos.choose_demos(bundled["train"], 4, 0, rotate=True)
     assert zero.groups() == [[]] and zero.for_example(7) == [] and zero.group(7) == 0
-    draws = {prompting.choose_demos(bundled["train"], s, 1, rotate=False).rows[0]["pairID"] for s in range(6)}
+    draws = {demos.choose_demos(bundled["train"], s, 1, rotate=False).rows[0]["pairID"] for s in range(6)}
     assert len(draws) > 1, "the seed must choose the demonstration"
 
 
@@ -102,11 +104,11 @@ def test_rotation_balances_demonstration_labels(bundled):
     ("Contradiction", 2), ("not sure", -1), ("", -1), ("nothing", -1), ("True or False", 0),
 ])
 def test_parse_answer(text, label):
-    assert prompting.parse_answer(text, prompting.load_prompt("harness_mnli")) == label
+    assert generation.parse_answer(text, prompts.load_prompt("harness_mnli")) == label
 
 
 def test_unmatched_answers_count_as_wrong_and_are_shown():
-    out = prompting.score_with_unmatched([0, 1, 2, 0], [0, -1, 2, 1], ["a", "a", "b", "b"])
+    out = generation.score_with_unmatched([0, 1, 2, 0], [0, -1, 2, 1], ["a", "a", "b", "b"])
     assert out["accuracy"] == 0.5 and out["unmatched_share"] == 0.25
     assert out["prediction_distribution"] == {"entailment": 1, "neutral": 1, "contradiction": 1, "unmatched": 1}
     assert sum(map(sum, out["confusion"])) == 3 and out["unmatched_by_gold"]["neutral"] == 1
@@ -117,25 +119,25 @@ def test_contextual_calibration_removes_a_constant_bias():
     bias = np.array([0.7, 0.2, 0.1])
     scores = np.log(np.array([[0.5, 0.4, 0.1], [0.6, 0.1, 0.3]]))
     assert scores.argmax(1).tolist() == [0, 0]
-    assert prompting.calibrate(scores, bias).argmax(1).tolist() == [1, 2]
-    assert np.allclose(prompting.content_free_bias(np.log([[2, 1, 1], [1, 1, 2]])), [0.375, 0.25, 0.375])
+    assert scoring.calibrate(scores, bias).argmax(1).tolist() == [1, 2]
+    assert np.allclose(scoring.content_free_bias(np.log([[2, 1, 1], [1, 1, 2]])), [0.375, 0.25, 0.375])
 
 
 # ------------------------------------------------------------------------------------------ the scorer
 @pytest.fixture(scope="module")
 def smollm2():
-    from nlilab.models import resolve_model
+    from nlilab.models.resolve import resolve_model
 
     return prompting.load_model(resolve_model("smollm2").path, {"precision": "fp32"}, "cpu")
 
 
 def _requests(bundled, tokenizer, name, shots, rows=3):
-    prompt = prompting.load_prompt(name)
+    prompt = prompts.load_prompt(name)
     ds = bundled["validation_matched"].select(range(rows))
-    plan = prompting.choose_demos(bundled["train"], 1, shots, rotate=False)  # one demonstration: a shared prefix
-    contexts = [prompting.build_context(prompt, p, h, plan.for_example(i), tokenizer)
+    plan = demos.choose_demos(bundled["train"], 1, shots, rotate=False)  # one demonstration: a shared prefix
+    contexts = [prompts.build_context(prompt, p, h, plan.for_example(i), tokenizer)
                 for i, (p, h) in enumerate(zip(ds["premise"], ds["hypothesis"]))]
-    return prompting.encode_requests(tokenizer, contexts, prompt.label_words, prompt.add_special_tokens, 2048,
+    return scoring.encode_requests(tokenizer, contexts, prompt.label_words, prompt.add_special_tokens, 2048,
                                      [plan.group(i) for i in range(rows)])
 
 
@@ -143,9 +145,9 @@ def _requests(bundled, tokenizer, name, shots, rows=3):
 def test_fast_scoring_equals_one_pass_per_label(smollm2, bundled, name, shots):
     tokenizer, model = smollm2
     requests = _requests(bundled, tokenizer, name, shots)
-    scorer = prompting.LoglikScorer(model, batch_size=3, progress=False)
+    scorer = scoring.LoglikScorer(model, batch_size=3, progress=False)
     fast = scorer.score(requests)
-    reference = prompting.reference_loglikelihoods(model, requests)
+    reference = scoring.reference_loglikelihoods(model, requests)
     assert np.allclose(fast, reference, atol=2e-3), np.abs(fast - reference).max()
     assert (fast.argmax(1) == reference.argmax(1)).all()
     if name == "harness_mnli":  # one token per label word: one forward pass per batch, no branches
@@ -153,7 +155,7 @@ def test_fast_scoring_equals_one_pass_per_label(smollm2, bundled, name, shots):
     else:  # "entailment" is several tokens: scored as branches
         assert any(len(c) > 1 for r in requests for c in r.continuations)
     if shots or name == "instruct_chat":  # the demonstration or the system message is computed once
-        assert scorer.stats["shared_prefix_tokens"] >= prompting.MIN_SHARED_PREFIX
+        assert scorer.stats["shared_prefix_tokens"] >= prompts.MIN_SHARED_PREFIX
 
 
 def test_continuations_follow_the_harness_split():
@@ -161,7 +163,7 @@ def test_continuations_follow_the_harness_split():
         def __call__(self, texts, add_special_tokens=False):
             return {"input_ids": [[ord(c) for c in t.replace(" T", "\x01")] for t in texts]}
 
-    reqs = prompting.encode_requests(Toy(), ["Answer: "], ("Tx", " N", " F"))
+    reqs = scoring.encode_requests(Toy(), ["Answer: "], ("Tx", " N", " F"))
     # The trailing space moves to the continuation, so it fuses with the label word as in running text.
     assert reqs[0].context == [ord(c) for c in "Answer:"]
     assert reqs[0].continuations[0] == [1, ord("x")]

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from nlilab import params, qlora
+from nlilab import params
 from nlilab.errors import NlilabError
+from nlilab.methods import qlora
 
 TEXTS = ["Premise: A dog runs.\nHypothesis: An animal moves.",
          "Premise: The committee met on Tuesday and, after a long debate about the budget, postponed the vote.\n"
@@ -23,7 +24,7 @@ TEXTS = ["Premise: A dog runs.\nHypothesis: An animal moves.",
 
 @pytest.fixture(scope="module")
 def path():
-    from nlilab.models import resolve_model
+    from nlilab.models.resolve import resolve_model
 
     return resolve_model("smollm2").path
 
@@ -138,7 +139,7 @@ def test_evaluation_keeps_the_dataset_order(tmp_path, tokenizer):
     import datasets
     import torch
 
-    from nlilab import training
+    from nlilab.training import trainer as training
 
     config = _config()
     assert config["train"]["group_by_length"]

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlilab import LABELS, encoder, models, params
-from nlilab.data import ORIGINAL_NAMES, load_nli
+from nlilab import LABELS, params
+from nlilab.data.nli import ORIGINAL_NAMES, load_nli
+from nlilab.experiments import encoder
+from nlilab.models import resolve as models
 
 MNLI_DIR = os.environ.get(params.MNLI_DIR_ENV)
 pytestmark = pytest.mark.skipif(not MNLI_DIR, reason=f"${params.MNLI_DIR_ENV} is not set, so no real MultiNLI "

@@ -15,13 +15,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reliability"))
 from rel_helpers import REPO, make_profile, write_mnli  # noqa: E402
 
-from nlilab import models, params, runner  # noqa: E402
+from nlilab import params  # noqa: E402
+from nlilab.models import resolve as models  # noqa: E402
 from nlilab.results import atomic_write_json, read_json  # noqa: E402
+from nlilab.run import cache, execute
 
 
 def keys(path: Path, **dirs) -> dict[str, str]:
     prof = params.load_profile(path)
-    return {name: runner.cache_key(params.with_output_dirs(prof, name, **dirs))["key"] for name in prof.experiments}
+    return {name: cache.cache_key(params.with_output_dirs(prof, name, **dirs))["key"] for name in prof.experiments}
 
 
 def changed(before: dict, after: dict) -> set[str]:
@@ -73,8 +75,8 @@ def test_notebook_change(tmp_path):
 def package_copy(tmp_path, monkeypatch):
     """A copy of the nlilab source that the cache keys read, so the real package is never edited."""
     copy = tmp_path / "nlilab_copy"
-    shutil.copytree(runner.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__", "bundled"))
-    monkeypatch.setattr(runner, "PACKAGE_DIR", copy)
+    shutil.copytree(cache.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__", "bundled"))
+    monkeypatch.setattr(cache, "PACKAGE_DIR", copy)
     return copy
 
 
@@ -143,8 +145,8 @@ def _fake_notebook(calls):
         calls.append(sorted(p.name for p in out.rglob("*") if p.is_file()))
         atomic_write_json(out / "seed_0" / "run.json", {"learning_rate": config["train"]["learning_rate"]})
         atomic_write_json(out / "metrics.json", {"status": "ok", "lr": config["train"]["learning_rate"]})
-        runner.executed_notebook(config).parent.mkdir(parents=True, exist_ok=True)
-        runner.executed_notebook(config).write_text("{}")
+        execute.executed_notebook(config).parent.mkdir(parents=True, exist_ok=True)
+        execute.executed_notebook(config).write_text("{}")
 
     return execute
 
@@ -160,13 +162,13 @@ def test_changed_inputs_never_reuse_a_finished_seed(tmp_path, profile, monkeypat
     """The encoder reads a finished seed's run.json back instead of training it again (that is how a killed
     run resumes). After a parameter change, that run.json belongs to other inputs and must be gone."""
     calls = []
-    monkeypatch.setattr(runner, "execute", _fake_notebook(calls))
-    assert runner.run_experiment(_config(profile, tmp_path)).status == "ran"
-    assert runner.run_experiment(_config(profile, tmp_path)).status == "skipped"
-    assert runner.run_experiment(_config(profile, tmp_path, lr=3e-4)).status == "ran"
+    monkeypatch.setattr(execute, "execute", _fake_notebook(calls))
+    assert execute.run_experiment(_config(profile, tmp_path)).status == "ran"
+    assert execute.run_experiment(_config(profile, tmp_path)).status == "skipped"
+    assert execute.run_experiment(_config(profile, tmp_path, lr=3e-4)).status == "ran"
     assert "run.json" not in calls[-1], "a stale seed from other parameters was left for the notebook to read"
     assert read_json(Path(_config(profile, tmp_path)["output_dir"]) / "seed_0" / "run.json")["learning_rate"] == 3e-4
-    assert runner.run_experiment(_config(profile, tmp_path, lr=3e-4), force=True).status == "ran"
+    assert execute.run_experiment(_config(profile, tmp_path, lr=3e-4), force=True).status == "ran"
     assert "run.json" not in calls[-1], "--force must retrain, not read finished seeds back"
 
 
@@ -180,30 +182,30 @@ def test_killed_attempt_keeps_its_state_for_the_same_inputs(tmp_path, profile, m
         (out / "seed_0" / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
         raise KeyboardInterrupt  # stands in for the kill: nothing after this line of the runner happens
 
-    monkeypatch.setattr(runner, "execute", killed)
+    monkeypatch.setattr(execute, "execute", killed)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_experiment(config)
-    assert not (out / runner.CACHE_FILE).exists()
+        execute.run_experiment(config)
+    assert not (out / cache.CACHE_FILE).exists()
     calls = []
-    monkeypatch.setattr(runner, "execute", _fake_notebook(calls))
-    assert runner.run_experiment(config).status == "ran"
+    monkeypatch.setattr(execute, "execute", _fake_notebook(calls))
+    assert execute.run_experiment(config).status == "ran"
     assert "trainer_state.json" in calls[-1], "the checkpoint of the killed attempt was deleted"
     # a killed attempt with *other* inputs is not resumed
-    monkeypatch.setattr(runner, "execute", killed)
+    monkeypatch.setattr(execute, "execute", killed)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_experiment(_config(profile, tmp_path, lr=5e-4))
-    monkeypatch.setattr(runner, "execute", _fake_notebook(calls))
-    assert runner.run_experiment(config).status == "ran"
+        execute.run_experiment(_config(profile, tmp_path, lr=5e-4))
+    monkeypatch.setattr(execute, "execute", _fake_notebook(calls))
+    assert execute.run_experiment(config).status == "ran"
     assert "trainer_state.json" not in calls[-1]
 
 
 # ------------------------------------------------------------------------- libraries and weights (issue 12)
-@pytest.mark.parametrize("package", runner.KEY_PACKAGES)
+@pytest.mark.parametrize("package", cache.KEY_PACKAGES)
 def test_library_version_change_reruns_everything(profile, monkeypatch, package):
     """A new torch, transformers, peft, bitsandbytes, accelerate or datasets may change what is computed."""
     before = keys(profile)
-    real = runner.package_version
-    monkeypatch.setattr(runner, "package_version", lambda name: "0.0.1-other" if name == package else real(name))
+    real = cache.package_version
+    monkeypatch.setattr(cache, "package_version", lambda name: "0.0.1-other" if name == package else real(name))
     assert changed(before, keys(profile)) == {"data", "full_finetune"}
 
 
@@ -242,7 +244,7 @@ def test_hub_model_revision_is_part_of_the_key(tmp_path):
         return lambda raw: raw["experiments"]["full_finetune"].update(model="FacebookAI/roberta-large",
                                                                       revision=revision)
     path = make_profile(tmp_path, edit=hub("722cf37b1afa9454edce342e7895e588b6ff1d59"))
-    first = runner.cache_key(params.with_output_dirs(params.load_profile(path), "full_finetune"))
+    first = cache.cache_key(params.with_output_dirs(params.load_profile(path), "full_finetune"))
     assert first["parts"]["weights"] == {"source": "hub", "id": "FacebookAI/roberta-large",
                                          "revision": "722cf37b1afa9454edce342e7895e588b6ff1d59"}
     before = keys(path)

@@ -11,9 +11,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reliability"))
 from rel_helpers import hf_rows, make_profile, original_row, write_mnli  # noqa: E402
 
-from nlilab import cli, runner  # noqa: E402
-from nlilab.data import ORIGINAL_NAMES, data_fingerprint, ensure_hub_dataset_available, load_nli  # noqa: E402
+from nlilab import cli  # noqa: E402
+
+# (no use of runner)
+from nlilab.data.nli import (  # noqa: E402
+    ORIGINAL_NAMES,
+    data_fingerprint,
+    ensure_hub_dataset_available,
+    load_nli,
+)
 from nlilab.errors import DataError  # noqa: E402
+from nlilab.run import execute  # noqa: E402
 
 
 def _local(folder: Path) -> dict:
@@ -144,7 +152,7 @@ def test_missing_split_stops_the_run_before_any_notebook(tmp_path, capsys, monke
     found then, and nothing runs."""
     files = write_mnli(tmp_path / "mnli")
     files["train"].unlink()
-    monkeypatch.setattr(runner, "execute", lambda config: pytest.fail("a notebook started"))
+    monkeypatch.setattr(execute, "execute", lambda config: pytest.fail("a notebook started"))
     path = make_profile(tmp_path, edit=lambda raw: raw["shared"].update(
         data={"source": "local", "local_dir": str(tmp_path / "mnli")}))
     assert cli.main(["run", "--profile", str(path)]) == 2
@@ -170,11 +178,11 @@ def test_pinned_hub_dataset_counts_as_cached_only_at_that_commit(tmp_path, monke
     """Offline, another commit's snapshot in the cache is not the pinned data: the run must stop, not load it."""
     import huggingface_hub.constants
 
-    import nlilab.models
+    import nlilab.models.resolve
 
     (tmp_path / "datasets--nyu-mll--multi_nli" / "snapshots" / ("a" * 40)).mkdir(parents=True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(nlilab.models, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(nlilab.models.resolve, "hub_reachable", lambda *a, **k: False)
     ensure_hub_dataset_available("nyu-mll/multi_nli", "a" * 40)
     ensure_hub_dataset_available("nyu-mll/multi_nli")  # unpinned: any cached copy is what it would load
     with pytest.raises(DataError, match=f"dataset 'nyu-mll/multi_nli' at revision {'b' * 40} is not in the local"):

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # trains three times (4 steps each, in this proce
 
 
 def _train(folder: Path, **experiment):
-    from nlilab import encoder
+    from nlilab.experiments import encoder
 
     def edit(raw):
         ff = raw["experiments"]["full_finetune"]

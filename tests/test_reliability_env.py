@@ -11,8 +11,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reliability"))
 from rel_helpers import make_profile, run_cli  # noqa: E402
 
-from nlilab import cli, encoder, models, params, runner  # noqa: E402
+from nlilab import cli, params  # noqa: E402
 from nlilab.errors import ModelError, NlilabError  # noqa: E402
+from nlilab.experiments import encoder  # noqa: E402
+from nlilab.models import resolve as models  # noqa: E402
+from nlilab.run import cache, execute, preflight
 
 HUB_MODEL = "FacebookAI/roberta-large"
 
@@ -33,7 +36,7 @@ def offline(monkeypatch, tmp_path):
 
 @pytest.fixture
 def no_notebook(monkeypatch):
-    monkeypatch.setattr(runner, "execute", lambda config: pytest.fail(f"notebook {config['notebook']} started"))
+    monkeypatch.setattr(execute, "execute", lambda config: pytest.fail(f"notebook {config['notebook']} started"))
 
 
 def _hub_model(raw):
@@ -110,11 +113,11 @@ def test_fresh_experiments_are_not_checked(tmp_path, offline, monkeypatch):
     path = make_profile(tmp_path, edit=_hub_model)
     prof = params.load_profile(path)
     configs = [params.with_output_dirs(prof, name) for name in prof.experiments]
-    monkeypatch.setattr(runner, "is_fresh", lambda config, key: True)
-    assert set(runner.preflight(prof, configs)) == {"data", "full_finetune"}
-    monkeypatch.setattr(runner, "is_fresh", lambda config, key: False)
+    monkeypatch.setattr(cache, "is_fresh", lambda config, key: True)
+    assert set(preflight.preflight(prof, configs)) == {"data", "full_finetune"}
+    monkeypatch.setattr(cache, "is_fresh", lambda config, key: False)
     with pytest.raises(NlilabError, match=HUB_MODEL):
-        runner.preflight(prof, configs)
+        preflight.preflight(prof, configs)
 
 
 # ------------------------------------------------------------------- a missing embedded model (issue 12)

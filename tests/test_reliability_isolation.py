@@ -15,13 +15,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reliability"))
 from rel_helpers import make_profile, snapshot, stray_tmp_files, write_mnli  # noqa: E402
 
-from nlilab import cli, runner  # noqa: E402
+from nlilab import cli  # noqa: E402
 from nlilab.results import read_json  # noqa: E402
+from nlilab.run import cache, execute
+
 
 @pytest.mark.slow  # three notebook executions (00_data), about 10 s each
 @pytest.mark.parametrize("jobs", ["1", "2"])  # one after the other in this process; two worker processes at once
 def test_failing_notebook_is_isolated_then_rerun_alone(tmp_path, capsys, monkeypatch, jobs):
-    monkeypatch.setattr(runner, "PACKAGE_DIR", snapshot(tmp_path))
+    monkeypatch.setattr(cache, "PACKAGE_DIR", snapshot(tmp_path))
     files = write_mnli(tmp_path / "mnli")
     good = files["train"].read_bytes()
     lines = good.splitlines(keepends=True)
@@ -79,7 +81,7 @@ def test_error_tail(ename, evalue, expect_lines):
     frames = [f"\x1b[0;31mFile /x/nlilab/mod.py:{i}, in f{i}()\x1b[0m" for i in range(20)]
     exc = PapermillExecutionError(3, 3, "metrics = encoder.run(cfg)", ename, evalue,
                                   frames + [f"\x1b[0;31m{ename}\x1b[0m: {evalue}"])
-    tail = runner.error_tail(exc)
+    tail = execute.error_tail(exc)
     lines = tail.splitlines()
     assert expect_lines[0] <= len(lines) <= expect_lines[1], tail
     assert "\x1b" not in tail and f"{ename}: {evalue}" in lines[-1], tail

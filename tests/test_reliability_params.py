@@ -13,7 +13,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reliability"))
 from rel_helpers import REPO, make_profile, run_cli, write_mnli  # noqa: E402
 
-from nlilab import cli, params, runner  # noqa: E402
+from nlilab import cli, params  # noqa: E402
+from nlilab.run import execute  # noqa: E402
+
+# (no use of runner)
 
 
 def _ff(raw):
@@ -144,7 +147,7 @@ def no_notebook(monkeypatch):
     def refuse(config):
         raise AssertionError(f"notebook {config['notebook']} started despite a malformed profile")
 
-    monkeypatch.setattr(runner, "execute", refuse)
+    monkeypatch.setattr(execute, "execute", refuse)
     monkeypatch.delenv("NLILAB_MNLI_DIR", raising=False)
 
 

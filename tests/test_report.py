@@ -11,20 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import report_fixtures as rf
-from nlilab import findings as F
-from nlilab import report, stats
+
 from nlilab.cli import main
+from nlilab.evaluation import stats
 from nlilab.params import load_profile
-from nlilab.references import PUBLISHED, SEED_REPORT
+from nlilab.report import build, pages, sections
+from nlilab.report import findings as F
+from nlilab.report.html import pct
+from nlilab.report.references import PUBLISHED, SEED_REPORT
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     results_dir, reports_dir, metrics = rf.write(root)
-    page = report.build_report(rf.profile(root), results_dir, reports_dir)
+    page = build.build_report(rf.profile(root), results_dir, reports_dir)
     return page, page.read_text(encoding="utf-8"), metrics
 
 
@@ -70,15 +72,15 @@ def test_every_experiment_has_a_row_with_its_measured_accuracy(built):
     for name, m in metrics.items():
         if m["kind"] == "data":
             continue
-        assert report.pct(m["validation_matched"]["accuracy"]) in rows[name], name
+        assert pct(m["validation_matched"]["accuracy"]) in rows[name], name
         if "validation_mismatched" in m:
-            assert report.pct(m["validation_mismatched"]["accuracy"]) in rows[name], name
+            assert pct(m["validation_mismatched"]["accuracy"]) in rows[name], name
     full = metrics["full_finetune"]["validation_matched"]
     correct = np.asarray(full["predictions_runs"]) == np.asarray(full["labels"])
     iv = stats.accuracy_interval(correct)  # the interval, from the predictions the fixture wrote
-    assert f"{report.pct(full['accuracy'])} [{report.pct(iv['low'])}, {report.pct(iv['high'])}]" in rows["full_finetune"]
+    assert f"{pct(full['accuracy'])} [{pct(iv['low'])}, {pct(iv['high'])}]" in rows["full_finetune"]
     old = metrics["top_layers"]["validation_matched"]  # an old-style file: no interval, mean as before
-    assert f">{report.pct(old['accuracy'])}</td>" in rows["top_layers"] and "[" not in rows["top_layers"]
+    assert f">{pct(old['accuracy'])}</td>" in rows["top_layers"] and "[" not in rows["top_layers"]
     assert "22,714,371 (100%)" in rows["full_finetune"]
     assert "520 s CPU; 0:05:00 wall (ran beside 1 other)" in rows["full_finetune"]  # fair time, then wall
     assert "0:02:30 wall (not comparable)" in rows["top_layers"]
@@ -174,11 +176,11 @@ def test_notebook_page_folds_code_and_keeps_outputs(built):
     assert text.count('<details class="nl-code">') == 2  # both code cells, closed by default
     assert "<details class=\"nl-code\" open" not in text
     assert "accuracy 0.5" in text and "Back to the report" in text
-    assert report.NOTEBOOK_MARK in text
+    assert pages.NOTEBOOK_MARK in text
 
 
 def test_missing_results_and_gpu_profile_are_stated_plainly(tmp_path):
-    page = report.build_report(load_profile("paper"), tmp_path / "results", tmp_path / "reports").read_text()
+    page = build.build_report(load_profile("paper"), tmp_path / "results", tmp_path / "reports").read_text()
     assert "needs a GPU and access to the Hugging Face hub" in page
     assert "No results of this profile exist here" in page
     assert "No results yet for" in page and "not run" in page
@@ -198,13 +200,13 @@ def test_the_cli_builds_the_report_from_results_alone(tmp_path, capsys):
     assert out == tmp_path / "reports" / "tiny" / "index.html"
     block = fixture["full_finetune"]["validation_matched"]
     iv = stats.accuracy_interval(np.asarray(block["predictions_runs"]) == np.asarray(block["labels"]))
-    assert f"63.3 [{report.pct(iv['low'])}, {report.pct(iv['high'])}]" in out.read_text()
+    assert f"63.3 [{pct(iv['low'])}, {pct(iv['high'])}]" in out.read_text()
     assert not (tmp_path / "results" / "tiny" / "full_finetune" / "seed_0").exists()
 
 
 def test_profile_statement_for_bundled_stand_ins():
     prof = load_profile("cpu")
-    text = report.profile_statement(prof, {})
+    text = sections.profile_statement(prof, {})
     assert "not comparable with published MultiNLI results" in text and "stand-in" in text
 
 
@@ -256,7 +258,7 @@ def test_any_optional_field_may_be_missing_or_null(tmp_path, monkeypatch):
     banner and no plot that failed. Plots are drawn but neither laid out nor encoded, to keep this fast."""
     from matplotlib.figure import Figure
 
-    from nlilab import plots
+    from nlilab.report import plots
 
     def quick_uri(fig):
         plots._plt().close(fig)
@@ -264,7 +266,7 @@ def test_any_optional_field_may_be_missing_or_null(tmp_path, monkeypatch):
 
     monkeypatch.setattr(plots, "to_data_uri", quick_uri)
     monkeypatch.setattr(Figure, "tight_layout", lambda self, *a, **k: None)
-    monkeypatch.setattr(report, "git_commit", lambda: "abc")  # one `git` call per section build adds up
+    monkeypatch.setattr(sections, "git_commit", lambda: "abc")  # one `git` call per section build adds up
     monkeypatch.setattr(stats, "RESAMPLES", 40)  # intervals are checked elsewhere; here only that pages build
     base = {k: v for k, v in rf.experiments().items() if v}
     few = {k: base[k] for k in ("lora_sweep", "zero_shot")}  # between them, every plot: fewest figures
@@ -276,12 +278,12 @@ def test_any_optional_field_may_be_missing_or_null(tmp_path, monkeypatch):
             results = {n: _strip(m, key, replacement) for n, m in base.items()}
             usable = F.scored(results, {})
             found = F.compute(results, {})
-            parts = [report.results_table(prof, results, {}), report.status_banners(prof, results, {}),
-                     report.header_table(prof, results), report.history_tables(usable),
-                     report.seed_side_by_side(usable), report.findings_section(found),
-                     report.notes_section(usable, found), report.data_section(results)]
+            parts = [sections.results_table(prof, results, {}), sections.status_banners(prof, results, {}),
+                     sections.header_table(prof, results), sections.history_tables(usable),
+                     sections.seed_side_by_side(usable), sections.findings_section(found),
+                     sections.notes_section(usable, found), sections.data_section(results)]
             if key in PLOTTED and (replacement is _GONE or key in NULLABLE_PLOTTED):
-                parts.append(report.plots_section({n: _strip(m, key, replacement) for n, m in few.items()}))
+                parts.append(sections.plots_section({n: _strip(m, key, replacement) for n, m in few.items()}))
             page = "".join(parts)
             assert "could not be" not in page, (key, replacement, re.findall(r"could not be [^<]*", page)[:2])
 
@@ -299,7 +301,7 @@ def test_paired_differences_table_matches_independent_bootstrap(built):
 
 def test_collapse_margin_and_stand_ins_are_stated_from_their_sources(built):
     _, page, _ = built
-    from nlilab.metrics import COLLAPSE_MARGIN
+    from nlilab.evaluation.metrics import COLLAPSE_MARGIN
 
     assert f"at most {100 * COLLAPSE_MARGIN:g} points above the majority class" in page
     top = page.split('id="results"')[0]

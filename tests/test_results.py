@@ -1,11 +1,16 @@
 """metrics.json writes are atomic and carry a run record; scores are computed the same for every method."""
 
 import json
-import os
 
 import pytest
 
-from nlilab.metrics import aggregate_split, is_collapsed, majority_baseline, macro_f1, score
+from nlilab.evaluation.metrics import (
+    aggregate_split,
+    is_collapsed,
+    macro_f1,
+    majority_baseline,
+    score,
+)
 from nlilab.results import atomic_write_json, load_results, write_metrics
 
 

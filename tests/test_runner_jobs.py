@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from nlilab import cli, runner
+from nlilab import cli
 from nlilab.errors import NlilabError
 from nlilab.results import read_json
+from nlilab.run import cache, workers
 
 
 def _config(kind="encoder", device="cpu", **extra):
@@ -18,8 +19,8 @@ def _config(kind="encoder", device="cpu", **extra):
 def machine(monkeypatch):
     """A CPU machine of a given size."""
     def make(cores, memory_gb=64.0):
-        monkeypatch.setattr(runner, "_cpu_count", lambda: cores)
-        monkeypatch.setattr(runner, "_memory_gb", lambda: memory_gb)
+        monkeypatch.setattr(workers, "_cpu_count", lambda: cores)
+        monkeypatch.setattr(workers, "_memory_gb", lambda: memory_gb)
     return make
 
 
@@ -32,7 +33,7 @@ def machine(monkeypatch):
 ])
 def test_auto_jobs_follow_cores_memory_and_work(machine, cores, memory_gb, pending, expected):
     machine(cores, memory_gb)
-    assert runner.resolve_jobs("auto", [_config()] * pending) == expected
+    assert workers.resolve_jobs("auto", [_config()] * pending) == expected
 
 
 def test_auto_jobs_is_one_when_an_experiment_uses_the_gpu(machine, monkeypatch):
@@ -40,19 +41,19 @@ def test_auto_jobs_is_one_when_an_experiment_uses_the_gpu(machine, monkeypatch):
 
     machine(16)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert runner.resolve_jobs("auto", [_config(), _config(device="auto")]) == 1  # auto resolves to the GPU
-    assert runner.resolve_jobs("auto", [_config(), _config(device="cuda")]) == 1
-    assert runner.resolve_jobs("auto", [_config(kind="data", device="cuda")] * 3) == 3  # data never uses it
+    assert workers.resolve_jobs("auto", [_config(), _config(device="auto")]) == 1  # auto resolves to the GPU
+    assert workers.resolve_jobs("auto", [_config(), _config(device="cuda")]) == 1
+    assert workers.resolve_jobs("auto", [_config(kind="data", device="cuda")] * 3) == 3  # data never uses it
 
 
 def test_explicit_jobs_are_capped_by_the_work_and_checked(machine):
     machine(2)
-    assert runner.resolve_jobs(8, [_config()] * 3) == 3
-    assert runner.resolve_jobs(1, [_config()] * 3) == 1
-    assert runner.resolve_jobs(0, []) == 1  # nothing to run: nothing to check either
+    assert workers.resolve_jobs(8, [_config()] * 3) == 3
+    assert workers.resolve_jobs(1, [_config()] * 3) == 1
+    assert workers.resolve_jobs(0, []) == 1  # nothing to run: nothing to check either
     for bad in (0, -2, "two", 1.5, True):
         with pytest.raises(NlilabError, match="jobs must be a positive whole number"):
-            runner.resolve_jobs(bad, [_config()])
+            workers.resolve_jobs(bad, [_config()])
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "x"])
@@ -67,10 +68,10 @@ def test_a_dead_worker_is_recorded_as_a_failure(tmp_path):
     config = {"name": "lora", "notebook": "12_lora", "output_dir": str(tmp_path / "lora"), "profile": "p",
               "reports_dir": str(tmp_path / "reports")}
     (tmp_path / "lora").mkdir()
-    outcome = runner._died(config, -9, 12.0)
+    outcome = workers._died(config, -9, 12.0)
     assert outcome.status == "failed" and "killed by signal 9" in outcome.error
     assert read_json(tmp_path / "lora" / "failure.json")["error"] == outcome.error
-    assert str(runner.log_path(config)) in outcome.error
+    assert str(workers.log_path(config)) in outcome.error
 
 
 def test_longest_expected_experiment_starts_first(tmp_path):
@@ -78,9 +79,9 @@ def test_longest_expected_experiment_starts_first(tmp_path):
         out = tmp_path / name
         out.mkdir()
         if seconds:
-            (out / runner.CACHE_FILE).write_text(f'{{"key": "k", "seconds": {seconds}}}')
+            (out / cache.CACHE_FILE).write_text(f'{{"key": "k", "seconds": {seconds}}}')
         return {"name": name, "kind": kind, "output_dir": str(out), "seeds": seeds}
 
     configs = [config("data", "data"), config("ft", "encoder", seeds=[0, 1, 2]), config("q", "qlora"),
                config("zs", "prompting", seconds=500.0)]
-    assert [c["name"] for c in sorted(configs, key=runner._expected_seconds, reverse=True)] == ["zs", "q", "ft", "data"]
+    assert [c["name"] for c in sorted(configs, key=workers._expected_seconds, reverse=True)] == ["zs", "q", "ft", "data"]

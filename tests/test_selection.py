@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from nlilab import EVAL_SPLITS, SPLITS
-from nlilab.data import HELD_OUT, load_nli, stratified_indices, stratified_order
+from nlilab.data.nli import HELD_OUT, load_nli, stratified_indices, stratified_order
 from nlilab.errors import DataError
-from nlilab.metrics import aggregate_split, score
+from nlilab.evaluation.metrics import aggregate_split, score
 
 
 def cfg(**extra):
@@ -94,7 +94,7 @@ def test_rows_without_pair_id_get_stable_distinct_ids(tmp_path):
 
 
 def test_one_shot_finds_demonstrations_in_a_folder_without_pair_ids(tmp_path):
-    from nlilab.prompting import choose_demos
+    from nlilab.prompting.demos import choose_demos
 
     data = load_nli(cfg(source="local", local_dir=str(_write_folder_without_ids(tmp_path / "mnli"))), seed=0)
     eval_ids = {pid for split in EVAL_SPLITS for pid in data[split]["pairID"]}
@@ -121,7 +121,7 @@ def test_aggregate_keeps_rows_predictions_and_an_interval():
 
 def test_sweep_chooses_on_validation_not_on_a_test_split(monkeypatch, tmp_path):
     """The value best on the held-out split wins even where another value scores higher on dev-matched."""
-    from nlilab import encoder
+    from nlilab.experiments import encoder
 
     def block(acc):
         return {"accuracy": acc, "n": 10}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from nlilab import stats as S
+from nlilab.evaluation import stats as S
 
 
 def test_interval_covers_the_true_accuracy_about_95_percent_of_the_time():

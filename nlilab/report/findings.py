@@ -3,7 +3,7 @@
 Every sentence is built by one small function from numbers it reads out of metrics.json, and carries those
 numbers (`Finding.values`) so tests can check the words against them. Accuracies are percentages with one
 decimal and a 95% interval in brackets. Two methods scored on the same rows are called "higher", "lower" or
-"not distinguishable on these N rows" from the paired interval of their difference (nlilab.stats), never from
+"not distinguishable on these N rows" from the paired interval of their difference (nlilab.evaluation.stats), never from
 the point estimates; methods scored on different rows are compared through their own (unpaired) intervals, and
 the sentence says so. A short summary answers the study's questions first; the detail follows, grouped.
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import EVAL_SPLITS
-from . import stats
-from .metrics import COLLAPSE_MARGIN, is_collapsed
+from nlilab import EVAL_SPLITS
+from nlilab.evaluation import stats
+from nlilab.evaluation.metrics import COLLAPSE_MARGIN, is_collapsed
 
 MATCHED, MISMATCHED = EVAL_SPLITS
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import NlilabError
+from nlilab.errors import NlilabError
 
 POOLING_CONFIG = Path("1_Pooling") / "config.json"  # where sentence-transformers keeps its pooling choice
 

@@ -12,12 +12,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import EVAL_SPLITS, methods
-from .data import HELD_OUT, load_nli
-from .models import resolve_model
-from .params import experiment_seeds
-from .results import experiment_dir, write_metrics
-from .training import fit_and_evaluate, resolve_device, selection_record, summarize, tokenize_splits
+from nlilab import EVAL_SPLITS
+from nlilab.data.nli import HELD_OUT, load_nli
+from nlilab.methods import encoder as methods
+from nlilab.models.resolve import resolve_model
+from nlilab.params import experiment_seeds
+from nlilab.results import experiment_dir, write_metrics
+from nlilab.training.trainer import (
+    fit_and_evaluate,
+    resolve_device,
+    selection_record,
+    summarize,
+    tokenize_splits,
+)
 
 
 def prepare(config: dict):

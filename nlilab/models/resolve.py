@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from .errors import ModelError
+from nlilab.errors import ModelError
 
 OFFLINE_PROFILE = "cpu"
 CACHE_ENV = "NLILAB_CACHE_DIR"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
-from . import LABELS
+from nlilab import LABELS
 
 
 def _plt():
@@ -260,9 +260,8 @@ def prediction_shares(distributions: dict[str, dict[str, int]]):
 def lr_sweep(metrics: dict):
     """Accuracy against learning rate for a sweep experiment's metrics.json (both dev splits, spread over seeds,
     collapsed points marked, the majority class as a dashed line)."""
-    from . import EVAL_SPLITS
-
-    from .stats import block_interval
+    from nlilab import EVAL_SPLITS
+    from nlilab.evaluation.stats import block_interval
 
     points = (metrics.get("sweep") or {}).get("points") or []
     series = {split: [{"value": p["value"], "accuracy": p[split]["accuracy"], "interval": block_interval(p[split]),

@@ -1,122 +1,28 @@
-"""The comparison report: `reports/<profile>/index.html`, built from results alone.
-
-One self-contained page: styles inline, plots embedded as data URIs, no script and no remote resource (the
-only web addresses are citation links), so the folder can be zipped and read offline. Each executed notebook
-is rendered beside it as HTML with its code folded away. Every optional field of metrics.json may be missing:
-the cell stays blank rather than the report failing; a plot that cannot be drawn says so in place.
-"""
+"""The report's sections, each built from results alone: results table, banners, data, histories, plots, findings, notes."""
 
 from __future__ import annotations
 
-import html
-import re
 import time
 from pathlib import Path
 
-from . import EVAL_SPLITS, LABELS
-from . import findings as F
-from . import stats
-from .metrics import COLLAPSE_MARGIN
-from .params import Profile, load_profile
-from .references import PUBLISHED, SEED_REPORT, Reference
-from .results import git_commit, load_results, package_versions, read_json
-
-MATCHED, MISMATCHED = EVAL_SPLITS
-NOTEBOOK_MARK = "<!-- nlilab notebook page v3 -->"  # a page without it predates the current template
-
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1320px;margin:1.5em auto;
-padding:0 1.2em;color:#1d1d1f;line-height:1.45}
-h1{margin-bottom:.2em}h2{border-bottom:2px solid #e3e6ea;padding-bottom:.2em;margin-top:1.8em}
-nav{font-size:.9em;margin:.4em 0 1em}nav a{margin-right:1em}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.86em}
-th,td{border:1px solid #d0d4da;padding:.28em .5em;text-align:left;vertical-align:top}
-th{background:#f2f4f7}td.num{text-align:right;white-space:nowrap}
-tr.failed td{background:#fde8e8}tr.collapsed td{background:#fff1c9}tr.stale td{color:#777}
-.status-failed{color:#b3261e;font-weight:700}.status-collapsed{color:#8a5a00;font-weight:700}
-.banner{padding:.7em 1em;border-radius:6px;margin:.8em 0}.warn{background:#fff4d6;border:1px solid #e0b84c}
-.bad{background:#fde8e8;border:1px solid #d66}.info{background:#eef4fb;border:1px solid #9dbbe0}
-.ref{background:#f7f3fb;border:1px solid #b9a3d6}
-pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.82em;white-space:pre-wrap}
-img{max-width:100%}code{background:#f2f4f7;padding:0 .2em}
-.scroll{overflow-x:auto}.grid{display:flex;flex-wrap:wrap;gap:0 1.6em}.grid>div{flex:0 1 auto}
-.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:0 1.6em;align-items:start}
-figure{margin:1em 0 1.6em}figcaption{font-size:.88em;color:#444;max-width:60em}
-.measured{background:#f4f8f4;border-left:3px solid #6a9f6a;padding:.3em .7em}
-.findings li{margin:.25em 0}.note{color:#555;font-size:.9em}
-table.meta{font-size:.8em}table.meta th,table.meta td{text-align:left;padding:.15em .6em}
-table.meta th{white-space:nowrap;font-weight:600}
-"""
-
-
-def esc(value) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def pct(value) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
-
-
-def _num(value, fmt: str) -> str:
-    """Format a number that may be missing (blank) or not a number at all (shown as it is)."""
-    if value is None:
-        return ""
-    try:
-        return format(float(value), fmt)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def acc_cell(split_metrics: dict | None) -> str:
-    """Mean accuracy with its 95% interval in brackets; an older file without predictions keeps the mean ± the
-    spread over seeds."""
-    if not split_metrics or split_metrics.get("accuracy") is None:
-        return ""
-    text = pct(split_metrics["accuracy"])
-    iv = stats.block_interval(split_metrics)
-    if iv:
-        return text + f" [{pct(iv['low'])}, {pct(iv['high'])}]"
-    if split_metrics.get("accuracy_std") is not None and len(split_metrics.get("accuracy_runs") or []) > 1:
-        text += f" ± {pct(split_metrics['accuracy_std'])}"
-    return text
-
-
-MARGIN = f"{100 * COLLAPSE_MARGIN:g} points"  # the collapse margin as the page prints it
-
-
-def size_text(n_bytes) -> str:
-    if not n_bytes:
-        return ""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.1f} {unit}"
-    return f"{n_bytes} B"
-
-
-def hms(seconds) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(round(float(seconds)))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-NUMERIC = re.compile(r"^[\s\d.,:%±/+\-()e]*\d[\s\d.,:%±/+\-()e]*$")
-
-
-def _td(cell, raw: bool) -> str:
-    text = str(cell) if raw else esc(cell)
-    numeric = NUMERIC.match(re.sub(r"<[^>]+>", "", text))  # numbers line up on the right, words on the left
-    return f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>"
-
-
-def table(header: list[str], rows: list[list], classes: list[str] | None = None, raw: bool = False) -> str:
-    """An HTML table; cells are escaped unless `raw` (then the caller escaped them)."""
-    head = "".join(f"<th>{h if raw else esc(h)}</th>" for h in header)
-    body = []
-    for i, row in enumerate(rows):
-        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
-        body.append(f"<tr{cls}>" + "".join(_td(c, raw) for c in row) + "</tr>")
-    return f"<div class='scroll'><table><tr>{head}</tr>{''.join(body)}</table></div>"
+from nlilab import EVAL_SPLITS, LABELS
+from nlilab.evaluation import stats
+from nlilab.params import Profile
+from nlilab.report import findings as F
+from nlilab.report.html import (
+    MARGIN,
+    MATCHED,
+    MISMATCHED,
+    _num,
+    acc_cell,
+    esc,
+    hms,
+    pct,
+    size_text,
+    table,
+)
+from nlilab.report.references import PUBLISHED, SEED_REPORT, Reference
+from nlilab.results import git_commit, package_versions, read_json
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -276,7 +182,7 @@ def profile_statement(prof: Profile, results: dict) -> str:
     configs = list(prof.experiments.values())
     sources = {c["data"]["source"] for c in configs}
     models = sorted({c["model"] for c in configs if c.get("model")})
-    from .models import ALIASES
+    from nlilab.models.resolve import ALIASES
 
     stand_ins = models and all(m in ALIASES for m in models)
     words = []
@@ -388,7 +294,7 @@ def references_table() -> str:
 # ------------------------------------------------------------------------------------------------ plots
 def _figure(alt: str, caption: str, draw) -> str:
     """One embedded plot; a plot that cannot be drawn says so instead of breaking the report."""
-    from .plots import to_data_uri
+    from nlilab.report.plots import to_data_uri
 
     try:
         fig = draw()
@@ -405,7 +311,7 @@ def _side_by_side(figures: list[str]) -> str:
 def differences_section(results: dict) -> str:
     """The study's contrasts on dev-matched: paired differences with their 95% intervals, as a table and a
     figure."""
-    from . import plots
+    from nlilab.report import plots
 
     rows = F.study_contrasts(results)
     if not rows:
@@ -421,7 +327,7 @@ def differences_section(results: dict) -> str:
 
 
 def plots_section(results: dict) -> str:
-    from . import plots
+    from nlilab.report import plots
 
     parts = []
     histories = {n: [row for row in m.get("history") or [] if row.get("epoch") is not None]
@@ -520,152 +426,6 @@ def findings_section(found: list) -> str:
 
 
 def notes_section(results: dict, found: list) -> str:
-    from .notes import all_notes
+    from nlilab.report.notes import all_notes
 
     return "".join(f"<h3>{esc(title)}</h3>{''.join(paras)}" for title, paras in all_notes(results, found))
-
-
-# ------------------------------------------------------------------------------------------------ notebooks
-NOTEBOOK_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
-{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
-{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
-{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
-{%- block extra_css -%}
-<style>details.nl-code{margin:.2em 0}details.nl-code>summary{cursor:pointer;color:#57606a;font-size:12px;
-font-family:system-ui,sans-serif;padding:2px 0 2px 70px}.nl-bar{font-family:system-ui,sans-serif;font-size:14px;
-padding:8px 12px;background:#eef4fb;border-bottom:1px solid #9dbbe0}.nl-bar a{color:#0b57d0;
-text-decoration:underline}</style>
-{%- endblock extra_css -%}
-{%- block body_header -%}{{ super() }}
-<div class="nl-bar">MARK Code cells are folded: click <b>code</b> above a cell's output to show it.
-<a href="../index.html">Back to the report</a></div>
-{%- endblock body_header -%}
-{% block input_group -%}
-<details class="nl-code"><summary>code</summary>{{ super() }}</details>
-{%- endblock input_group %}
-""".replace("MARK", NOTEBOOK_MARK)
-
-
-def notebook_exporter():
-    """nbconvert's lab page without its CDN scripts (require.js, MathJax, mermaid, widgets), code folded."""
-    import jinja2
-    from nbconvert import HTMLExporter
-
-    loader = jinja2.DictLoader({"nlilab_notebook.html.j2": NOTEBOOK_TEMPLATE})
-    return HTMLExporter(template_name="lab", template_file="nlilab_notebook.html.j2", extra_loaders=[loader],
-                        embed_images=True)
-
-
-def without_css_comments(page: str) -> str:
-    """Drop comments inside <style> blocks: JupyterLab's stylesheets credit their sources with web addresses,
-    and the page should carry none but citations."""
-    def clean(match):
-        return match.group(1) + re.sub(r"/\*.*?\*/", "", match.group(2), flags=re.S) + match.group(3)
-
-    return re.sub(r"(<style[^>]*>)(.*?)(</style>)", clean, page, flags=re.S | re.I)
-
-
-def render_notebook(source: Path, exporter=None):
-    """Executed notebook -> HTML beside it (images embedded), unless an HTML page newer than the notebook and
-    made with the current template is there. Returns the exporter, reusable for the next notebook."""
-    target = source.with_suffix(".html")
-    if not source.is_file():
-        return exporter
-    if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime and \
-            NOTEBOOK_MARK in target.read_text(encoding="utf-8", errors="replace"):
-        return exporter
-    exporter = exporter or notebook_exporter()
-    body, _ = exporter.from_filename(str(source))
-    body = without_css_comments(body)
-    tmp = target.with_suffix(".html.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    tmp.replace(target)
-    return exporter
-
-
-def render_notebooks(prof: Profile, reports_dir: Path) -> None:
-    """Every executed notebook of the profile to HTML (the runner renders each as it finishes; this catches
-    the rest, e.g. after a template change)."""
-    exporter = None
-    for name in prof.experiments:
-        exporter = render_notebook(reports_dir / prof.name / "notebooks" / f"{name}.ipynb", exporter)
-
-
-def notebook_links(prof: Profile, reports_dir: Path) -> str:
-    items = []
-    for name, config in prof.experiments.items():
-        page = reports_dir / prof.name / "notebooks" / f"{name}.html"
-        if page.is_file():
-            items.append(f'<li><a href="notebooks/{esc(page.name)}">{esc(name)}</a> '
-                         f"<span class='note'>({esc(config['notebook'])}.ipynb, executed)</span></li>")
-        else:
-            items.append(f"<li>{esc(name)} <span class='note'>(no executed notebook)</span></li>")
-    return ("<p>Each experiment's executed notebook, rendered as a page with its code folded away (open a cell's "
-            "<b>code</b> marker to read it).</p><ul>" + "".join(items) + "</ul>")
-
-
-# ------------------------------------------------------------------------------------------------ the page
-SECTIONS = (("results", "Results"), ("seed", "The seed's tables"), ("plots", "Plots"), ("findings", "Findings"),
-            ("notes", "Method notes"), ("data", "Data"), ("notebooks", "Notebooks"))
-
-
-def _section_error(what: str, exc: Exception) -> str:
-    return (f'<div class="banner bad">The {esc(what)} could not be built from these results: '
-            f"{esc(type(exc).__name__)}: {esc(exc)}</div>")
-
-
-def guarded(what: str, build) -> str:
-    """One section of the page; a result file the section cannot read shows as a visible error in its place
-    instead of costing the whole report (the tests require every section to build from the fixtures)."""
-    try:
-        return build()
-    except Exception as exc:  # noqa: BLE001 - the rest of the report is still worth having
-        return _section_error(what, exc)
-
-
-def build_report(prof: Profile | str, results_dir=None, reports_dir=None) -> Path:
-    prof = prof if isinstance(prof, Profile) else load_profile(prof)
-    first = next(iter(prof.experiments.values()))
-    results_dir = Path(results_dir or first["results_dir"])
-    reports_dir = Path(reports_dir or first["reports_dir"])
-    loaded = load_results(results_dir, prof.name)
-    results = {k: loaded[k] for k in prof.experiments if loaded.get(k)}  # in the profile's order
-    failures = {k: v for k, v in _failures(results_dir, prof.name).items() if k in prof.experiments}
-    render_notebooks(prof, reports_dir)
-    usable = F.scored(results, failures)
-    try:
-        found = F.compute(results, failures)
-        findings_html = findings_section(found)
-    except Exception as exc:  # noqa: BLE001 - as in guarded()
-        found, findings_html = [], _section_error("findings", exc)
-    nav = "<nav>" + "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title in SECTIONS) + "</nav>"
-    sections = [
-        f"<h1>nlilab report: profile <code>{esc(prof.name)}</code></h1>", nav,
-        guarded("profile statement", lambda: profile_statement(prof, results)),
-        guarded("status banners", lambda: status_banners(prof, results, failures)),
-        guarded("run record", lambda: header_table(prof, results)),
-        '<h2 id="results">Results</h2>', guarded("results table", lambda: results_table(prof, results, failures)),
-        "<h3>Paired differences</h3>", guarded("paired differences", lambda: differences_section(usable)),
-        '<h2 id="seed">The seed\'s tables, side by side</h2>',
-        "<h3>Per-epoch history of each trained method (this run)</h3>",
-        guarded("per-epoch tables", lambda: history_tables(usable) or "<p>No trained experiment has a history.</p>"),
-        "<h3>The seed report's numbers next to this run's</h3>",
-        guarded("seed table", lambda: seed_side_by_side(usable)),
-        "<h3>Reference figures</h3>", references_table(),
-        '<h2 id="plots">Plots</h2>', guarded("plots", lambda: plots_section(usable)),
-        '<h2 id="findings">Findings</h2>', findings_html,
-        '<h2 id="notes">Method notes</h2>', guarded("method notes", lambda: notes_section(usable, found)),
-        '<h2 id="data">Data</h2>', guarded("data summary", lambda: data_section(results)),
-        '<h2 id="notebooks">Executed notebooks</h2>', notebook_links(prof, reports_dir),
-    ]
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>nlilab: {esc(prof.name)}</title><style>{STYLE}</style></head><body>{''.join(sections)}"
-            "</body></html>")
-    out = reports_dir / prof.name / "index.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out

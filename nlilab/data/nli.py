@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import LABELS, SPLITS
-from .errors import DataError
-from .params import MNLI_DIR_ENV
+from nlilab import LABELS, SPLITS
+from nlilab.errors import DataError
+from nlilab.params import MNLI_DIR_ENV
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 ORIGINAL_NAMES = {  # the files of the MultiNLI 1.0 zip
@@ -234,7 +234,7 @@ def split_held_out(train, data_cfg: dict, seed: int):
 def ensure_hub_dataset_available(hub_id: str, revision: str | None = None) -> None:
     """Within seconds: the dataset (at `revision`) is cached or the hub answers; otherwise a DataError naming
     the fix."""
-    from .models import hub_reachable, offline_message
+    from nlilab.models.resolve import hub_reachable, offline_message
 
     if not _hub_dataset_cached(hub_id, revision) and not hub_reachable():
         at = f" at revision {revision}" if revision else ""
@@ -253,7 +253,7 @@ def _load_hub(data_cfg: dict) -> dict:
 def _hub_dataset_cached(hub_id: str, revision: str | None = None) -> bool:
     """Whether the hub cache holds the dataset: that commit's snapshot when a commit is pinned, any otherwise
     (a branch name resolves only online)."""
-    from .models import is_pinned
+    from nlilab.models.resolve import is_pinned
 
     try:
         from huggingface_hub.constants import HF_HUB_CACHE

@@ -12,13 +12,26 @@ from pathlib import Path
 
 import numpy as np
 
-from . import EVAL_SPLITS
-from .costs import WINDOW_REPEATS, WINDOW_WARMUP, SeedMeter, cost_summary, step_lock_callback, training_window
-from .data import HELD_OUT
-from .errors import NlilabError
-from .metrics import is_collapsed, majority_baseline, score
-from .progress import text_mode, trainer_callbacks
-from .results import atomic_write_json, count_parameters, dir_size_bytes, peak_memory_mb, read_json
+from nlilab import EVAL_SPLITS
+from nlilab.data.nli import HELD_OUT
+from nlilab.errors import NlilabError
+from nlilab.evaluation.metrics import is_collapsed, majority_baseline, score
+from nlilab.progress import text_mode, trainer_callbacks
+from nlilab.results import (
+    atomic_write_json,
+    count_parameters,
+    dir_size_bytes,
+    peak_memory_mb,
+    read_json,
+)
+from nlilab.training.costs import (
+    WINDOW_REPEATS,
+    WINDOW_WARMUP,
+    SeedMeter,
+    cost_summary,
+    step_lock_callback,
+    training_window,
+)
 
 RUN_FILE = "run.json"
 
@@ -178,7 +191,7 @@ def build_trainer(model, tokenizer, tokenized: dict, config: dict, seed: int, ru
 
 
 def method_window(model, tokenizer, tokenized: dict, config: dict, seed: int, learning_rate: float | None = None):
-    """The method's cost on one core with nothing else of nlilab running (nlilab.costs.training_window): the same
+    """The method's cost on one core with nothing else of nlilab running (nlilab.training.costs.training_window): the same
     fixed rows and step count for every method of a profile, so throughputs compare whatever --jobs was."""
     from transformers import DataCollatorWithPadding
 
@@ -254,7 +267,7 @@ def selection_record(data, what: str = "nothing") -> dict:
 
 def summarize(runs: list[dict], data) -> dict:
     """The experiment-level metrics.json body from its per-seed runs: means, spreads, collapse flag."""
-    from .metrics import aggregate_split, mean_history
+    from nlilab.evaluation.metrics import aggregate_split, mean_history
 
     base = baselines(data)
     out = {split: aggregate_split([r[split] for r in runs]) for split in (HELD_OUT, *EVAL_SPLITS)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import EVAL_SPLITS, LABELS
+from nlilab import EVAL_SPLITS, LABELS
 
 
 def summary_frame(metrics: dict):

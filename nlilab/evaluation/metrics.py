@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 
-from . import LABELS
+from nlilab import LABELS
 
 COLLAPSE_MARGIN = 0.02  # a run within 2 points of the majority class has learned nothing useful
 
@@ -82,7 +82,7 @@ def _row_record(per_run: list[dict]) -> dict:
     """The rows and every seed's predictions, with the accuracy interval they give (absent in old run files)."""
     if any("predictions" not in r for r in per_run):
         return {}
-    from .stats import block_interval
+    from nlilab.evaluation.stats import block_interval
 
     first = per_run[0]
     out = {"labels": first["labels"], "predictions_runs": [r["predictions"] for r in per_run]}

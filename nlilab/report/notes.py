@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import html
 
-from .findings import Finding, first, method_label, provenance_text
-from .references import (ADAPTER_LR, ADAPTER_LR_RANGE, BF16_BITS, FULL_FT_LR, FULL_FT_LR_RANGE, NF4_BITS,
-                         seed_reference)
+from nlilab.report.findings import Finding, first, method_label, provenance_text
+from nlilab.report.references import (
+    ADAPTER_LR,
+    ADAPTER_LR_RANGE,
+    BF16_BITS,
+    FULL_FT_LR,
+    FULL_FT_LR_RANGE,
+    NF4_BITS,
+    seed_reference,
+)
 
 LINKS = {
     "lora": "https://arxiv.org/abs/2106.09685",

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import LABELS
-from .errors import NlilabError
-from .pooling import apply_pooling, resolve_pooling
+from nlilab import LABELS
+from nlilab.errors import NlilabError
+from nlilab.methods.pooling import apply_pooling, resolve_pooling
 
 HEAD_NAMES = ("classifier", "score")  # what HF calls the classification head of encoders / decoders
 TRAINED_FILE = "trained.safetensors"
@@ -204,7 +204,7 @@ def build_ptuning(config: dict, path: str) -> Built:
 
 # ------------------------------------------------------------------------------------------------ deep prompts
 def build_prefix(config: dict, path: str) -> Built:
-    from .prefix import PrefixClassifier
+    from nlilab.methods.prefix import PrefixClassifier
 
     px = config["prefix"]
     base = _base_classifier(config, path)
@@ -252,7 +252,7 @@ def reload(config: dict, path: str, folder: str):
 
         model = PeftModel.from_pretrained(_base_classifier(config, path), folder)
     elif method == "prefix":
-        from .prefix import PrefixClassifier
+        from nlilab.methods.prefix import PrefixClassifier
 
         model = PrefixClassifier.load(_base_classifier(config, path), folder)
     else:
@@ -263,7 +263,7 @@ def reload(config: dict, path: str, folder: str):
 # ------------------------------------------------------------------------------------------------ labels
 def _lr(value: float) -> str:
     """As the findings print it (2.5e-5, not 3e-5): one formatter, so a table and a sentence never disagree."""
-    from .findings import rate
+    from nlilab.report.findings import rate
 
     return rate(value)
 

@@ -1,0 +1,71 @@
+"""Runs a profile: preflight, then every experiment in order (sequentially or in parallel workers)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from nlilab.params import Profile, load_profile, with_output_dirs
+from nlilab.run import cache
+from nlilab.run.execute import Outcome, run_experiment
+from nlilab.run.preflight import preflight
+from nlilab.run.workers import (
+    _cpu_count,
+    lock_folder,
+    resolve_jobs,
+    run_parallel,
+    write_schedules,
+)
+
+
+def run_profile(profile: str | Profile, force: bool = False, only: list[str] | None = None,
+                results_dir=None, reports_dir=None, render: bool = True, jobs: int | str = "auto") -> list[Outcome]:
+    prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    names = list(prof.experiments)
+    if only:
+        unknown = [n for n in only if n not in prof.experiments]
+        if unknown:
+            from nlilab.errors import ParamsError
+
+            raise ParamsError(f"{prof.path}: --only names unknown experiment(s) {', '.join(unknown)}; "
+                              f"the profile has {', '.join(names)}")
+        names = [n for n in names if n in only]
+    configs = [with_output_dirs(prof, name, results_dir, reports_dir) for name in names]
+    keys = preflight(prof, configs, force)
+    pending = [c for c in configs if force or not cache.is_fresh(c, keys[c["name"]])]
+    workers = resolve_jobs(jobs, pending)
+    if workers > 1:
+        outcomes = run_parallel(configs, pending, workers, force)
+    else:
+        outcomes = run_sequential(configs, force)
+    if render and names:
+        from nlilab.report.build import build_report
+
+        path = build_report(prof, results_dir=configs[0]["results_dir"], reports_dir=configs[0]["reports_dir"])
+        print(f"report: {path}", flush=True)
+    return outcomes
+
+
+def run_sequential(configs: list[dict], force: bool) -> list[Outcome]:
+    """One experiment after the other in this process; papermill's bar and the notebook's output stream here."""
+    outcomes, intervals = [], {}
+    with lock_folder(configs):
+        try:
+            for index, config in enumerate(configs, start=1):
+                name = config["name"]
+                print(f"[{index}/{len(configs)}] {name} ({config['notebook']})", flush=True)
+                began = time.time()
+                # the key is taken again just before the notebook starts: the source may be edited during a run
+                outcome = run_experiment(config, force=force)
+                if outcome.status != "skipped":
+                    intervals[name] = (began, time.time())
+                print(f"[{index}/{len(configs)}] {name}: {outcome.status} in {outcome.seconds:.1f} s", flush=True)
+                if outcome.error:
+                    print(outcome.error, file=sys.stderr, flush=True)
+                outcomes.append(outcome)
+        finally:
+            # the kernel's torch uses every core unless told otherwise
+            threads = int(os.environ.get("OMP_NUM_THREADS") or _cpu_count())
+            write_schedules(configs, intervals, set(intervals), jobs=1, threads=threads)
+    return outcomes
