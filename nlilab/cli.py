@@ -10,6 +10,8 @@ import sys
 
 from nlilab.errors import NlilabError
 
+RAY_INSTALL = "pip install -e .[ray]"  # the same words as nlilab.run.ray_executor.INSTALL, without importing it
+
 
 def _validate(args) -> int:
     from nlilab.params import load_profile
@@ -24,8 +26,12 @@ def _validate(args) -> int:
 def _run(args) -> int:
     from nlilab.run.runner import run_profile
 
+    if args.address and args.executor != "ray":
+        raise NlilabError("--address names a Ray cluster: it goes with --executor ray")
+
     outcomes = run_profile(args.profile, force=args.force, only=args.only, results_dir=args.results_dir,
-                           reports_dir=args.reports_dir, jobs=args.jobs)
+                           reports_dir=args.reports_dir, jobs=args.jobs, executor=args.executor,
+                           address=args.address)
     failed = [o.experiment for o in outcomes if o.status == "failed"]
     summary = ", ".join(f"{o.experiment}: {o.status}" for o in outcomes)
     print(f"done: {summary}")
@@ -70,8 +76,15 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--force", action="store_true", help="rerun experiments even if unchanged")
             p.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
             p.add_argument("--jobs", type=_jobs, default="auto",
-                           help="experiments run at once: a number, or 'auto' (default: one per core up to 4 on "
-                                "a CPU machine, one on a GPU)")
+                           help="experiments run at once: a number, or 'auto' (default: on a GPU machine one per "
+                                "GPU, each experiment on a GPU of its own; else one per core up to 4; with "
+                                "--executor ray, as many as the cluster has room for)")
+            p.add_argument("--executor", choices=("local", "ray"), default="local",
+                           help="where the experiments run: on this machine (default), or as Ray tasks on a "
+                                f"Ray cluster (needs `{RAY_INSTALL}`)")
+            p.add_argument("--address", help="with --executor ray: the cluster to connect to, as for ray.init "
+                                             "('auto': the one started here with `ray start --head`; "
+                                             "default: that one if any, else a new local instance)")
         p.set_defaults(func=func)
     return top
 

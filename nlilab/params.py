@@ -1,228 +1,59 @@
 """Profiles: one YAML file per profile, validated completely before anything runs.
 
 A profile has a `shared` block (data, seed, device, output folders) and an ordered `experiments` block. Each
-experiment names its notebook; the notebook decides which schema its block follows. Loading merges `shared`
-into every experiment, fills defaults, and reports *every* problem at once as
-`<file>: <key path>: expected <what>, got <value>`.
+experiment names its notebook; the notebook decides which kind of block it is. Each block is a pydantic model next to
+the code that reads it (see KINDS); this module reads the YAML, merges `shared` into every experiment, validates,
+and hands the rest of the code plain dicts with every default filled. It reports *every* problem at once as
+`<file>: <key path>: expected <what>, got <value>`, then checks what spans keys or looks at the machine's files.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Literal
 
 import yaml
+from pydantic import BaseModel, Field, ValidationError, create_model
 
+from nlilab.data.config import DataConfig, DataExperiment
+from nlilab.data.nli import MNLI_DIR_ENV
 from nlilab.errors import ParamsError
+from nlilab.methods.config import EncoderExperiment
+from nlilab.methods.qlora_config import QLoraExperiment
+from nlilab.models.resolve import check_model_name, is_pinned, model_source
+from nlilab.prompting.config import PromptingExperiment
+from nlilab.prompting.prompts import load_prompt
+from nlilab.schema import Block, Integer, Text, expected, field_at, keys_at
 
-MISSING = object()
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MNLI_DIR_ENV = "NLILAB_MNLI_DIR"
 
 
 # --------------------------------------------------------------------------------------------------- schema
-@dataclass(frozen=True)
-class Field:
-    """One key of a profile: its type, default and constraint."""
+class Shared(Block):
+    """The `shared:` block, merged into every experiment (a key the experiment writes itself wins)."""
 
-    kind: str  # int | float | str | bool | list | section
-    default: Any = MISSING
-    expect: str = ""  # human words for the expectation, used in error messages
-    check: Callable[[Any], bool] | None = None
-    choices: tuple | None = None
-    nullable: bool = False
-    items: "Field | None" = None
-    fields: dict | None = None
-    convert: Callable[[Any], Any] | None = None  # applied to a valid value (e.g. a row count to int)
-
-    def describe(self) -> str:
-        if self.expect:
-            return self.expect
-        if self.choices:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-                "list": "a list", "section": "a mapping"}[self.kind]
+    seed: Integer = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    data: DataConfig = Field(default_factory=DataConfig)
+    results_dir: Text = "results"
+    reports_dir: Text = "reports"
+    notebooks_dir: Text = "notebooks"
 
 
-def integer(default=MISSING, minimum=None, nullable=False):
-    expect = "an integer" + (f" >= {minimum}" if minimum is not None else "")
-    check = (lambda v: v >= minimum) if minimum is not None else None
-    return Field("int", default, expect, check, nullable=nullable)
+# Each kind of experiment's own block; an experiment's config is that block and the shared keys.
+KINDS: dict[str, type[Block]] = {"data": DataExperiment, "encoder": EncoderExperiment,
+                                 "prompting": PromptingExperiment, "qlora": QLoraExperiment}
+SCHEMAS: dict[str, type[Block]] = {kind: create_model(f"{kind}_experiment", __base__=(block, Shared))
+                                   for kind, block in KINDS.items()}
 
-
-def number(default=MISSING, minimum=None, positive=False, maximum=None, nullable=False):
-    if positive:
-        expect, check = "a positive number", (lambda v: v > 0)
-    elif minimum is not None and maximum is not None:
-        expect, check = f"a number in [{minimum}, {maximum}]", (lambda v: minimum <= v <= maximum)
-    elif minimum is not None:
-        expect, check = f"a number >= {minimum}", (lambda v: v >= minimum)
-    else:
-        expect, check = "a number", None
-    return Field("float", default, expect, check, nullable=nullable)
-
-
-def string(default=MISSING, choices=None, nullable=False, expect=""):
-    return Field("str", default, expect, choices=tuple(choices) if choices else None, nullable=nullable)
-
-
-def flag(default=MISSING):
-    return Field("bool", default)
-
-
-def listof(item: Field, default=MISSING, nonempty=True, nullable=False):
-    expect = ("a non-empty list" if nonempty else "a list") + ", each " + item.describe()
-    check = (lambda v: len(v) > 0) if nonempty else None
-    return Field("list", default, expect, check, items=item, nullable=nullable)
-
-
-def revision(what: str) -> Field:
-    return string(None, nullable=True, expect=f"a {what} revision (a commit hash)")
-
-
-def _fraction_or_rows(value) -> bool:
-    return 0 < value < 1 or (value >= 1 and float(value).is_integer())
-
-
-def fraction_or_count(default) -> Field:
-    """A share (0 < v < 1) or a whole number of rows (v >= 1), as the held-out validation split's size."""
-    return Field("float", default, "a fraction in (0, 1) or a whole number of rows >= 1", _fraction_or_rows,
-                 convert=lambda v: v if v < 1 else int(v))
-
-
-def section(nullable=False, **fields):
-    return Field("section", {} if not nullable else None, fields=fields, nullable=nullable)
-
-
-TRAIN_FIELDS = section(
-    epochs=number(3, positive=True),
-    max_steps=integer(None, minimum=1, nullable=True),
-    batch_size=integer(16, minimum=1),
-    eval_batch_size=integer(64, minimum=1),
-    learning_rate=number(5e-5, positive=True),
-    weight_decay=number(0.01, minimum=0),
-    warmup_ratio=number(0.06, minimum=0, maximum=1),
-    max_length=integer(128, minimum=8),
-    gradient_accumulation_steps=integer(1, minimum=1),
-    logging_steps=integer(10, minimum=1),
-    save_total_limit=integer(1, minimum=1),
-    group_by_length=flag(True),
-    # the exclusive timing window's optimizer steps (nlilab.training.costs.training_window), once per experiment; 0: none
-    window_steps=integer(12, minimum=0),
-)
-
-SHARED_FIELDS = {
-    "seed": integer(0, minimum=0),
-    "device": string("auto", choices=("auto", "cpu", "cuda")),
-    "precision": string("fp32", choices=("fp32", "bf16", "fp16")),
-    "data": section(
-        source=string("bundled", choices=("bundled", "local", "hub")),
-        local_dir=string(None, nullable=True, expect="a folder path"),
-        hub_id=string("nyu-mll/multi_nli"),
-        revision=revision("hub dataset"),  # source 'hub' only; null takes the hub's latest
-        # The validation split held out of the labeled training rows: everything chosen by looking at scores
-        # is chosen on it; the dev sets stay test sets.
-        validation_size=fraction_or_count(0.1),
-        train_limit=integer(None, minimum=1, nullable=True),
-        eval_limit=integer(None, minimum=1, nullable=True),
-    ),
-    "results_dir": string("results"),
-    "reports_dir": string("reports"),
-    "notebooks_dir": string("notebooks"),
-}
-
-ENCODER_METHODS = ("full", "top_layers", "lora", "ptuning", "prefix")
-
-KIND_FIELDS: dict[str, dict[str, Field]] = {
-    "data": {"examples": integer(5, minimum=0)},
-    "encoder": {
-        "model": string(expect="a model alias, hub id (org/name) or local folder"),
-        "revision": revision("hub model"),  # hub ids only; null takes the hub's latest
-        "method": string("full", choices=ENCODER_METHODS),
-        # what the head reads: auto = the model folder's own choice (mean for sentence-transformers models such
-        # as MiniLM, the architecture's [CLS]/first-token head otherwise); see nlilab/methods/pooling.py
-        "pooling": string("auto", choices=("auto", "cls", "mean")),
-        "seeds": listof(integer(minimum=0), default=None, nullable=True),
-        # which seeds keep their trained model folder: a full fine-tune of roberta-large is 1.4 GB a seed
-        "keep_models": string("first", choices=("first", "all", "none")),
-        "train": TRAIN_FIELDS,
-        "top_layers": section(k=integer(2, minimum=0)),
-        "lora": section(
-            r=integer(8, minimum=1),
-            alpha=number(16, positive=True),
-            dropout=number(0.1, minimum=0, maximum=1),
-            target_modules=listof(string(), default=["query", "value"]),
-        ),
-        "ptuning": section(num_virtual_tokens=integer(20, minimum=1),
-                           encoder_hidden_size=integer(128, minimum=1)),
-        # No reparametrisation MLP by default: on MiniLM it collapsed to one class at learning rates >= 2e-3.
-        "prefix": section(num_virtual_tokens=integer(16, minimum=1), projection=flag(False),
-                          projection_hidden_size=integer(128, minimum=1)),
-        "sweep": section(nullable=True, param=string("learning_rate", choices=("learning_rate",)),
-                         values=listof(number(positive=True))),
-    },
-    # Zero-/one-shot prompting of a causal LM (nlilab.prompting). The prompt itself is a file in
-    # nlilab/prompts/; `prompt` names it and may override its fields (null keeps the file's value).
-    "prompting": {
-        "model": string(expect="a model alias, hub id (org/name) or local folder"),
-        "revision": revision("hub model"),  # hub ids only; null takes the hub's latest
-        "mode": string("zero_shot", choices=("zero_shot", "one_shot")),
-        "scoring": string("loglik", choices=("loglik", "generate")),
-        "prompt": section(
-            name=string("harness_mnli", expect="a prompt name (nlilab/prompts/<name>.yaml) or a YAML file"),
-            version=integer(None, minimum=1, nullable=True),
-            title=string(None, nullable=True),
-            template=string(None, nullable=True),
-            system=string(None, nullable=True),
-            chat_template=Field("bool", None, nullable=True),
-            fewshot_separator=string(None, nullable=True),
-            hypothesis_period=Field("bool", None, nullable=True),
-            add_special_tokens=Field("bool", None, nullable=True),
-            label_words=section(nullable=True, entailment=string(None, nullable=True),
-                                neutral=string(None, nullable=True), contradiction=string(None, nullable=True)),
-        ),
-        "seeds": listof(integer(minimum=0), default=None, nullable=True),
-        "rotate_demo_labels": flag(True),
-        "calibration": string("none", choices=("none", "contextual")),
-        "content_free_inputs": listof(string(), default=["N/A"]),
-        "batch_size": integer(16, minimum=1),
-        "max_length": integer(2048, minimum=16),
-        "max_new_tokens": integer(5, minimum=1),
-    },
-    # A decoder LM as a sequence classifier: 4-bit base, LoRA (or bottleneck) adapters, a linear head over the
-    # last non-pad token (nlilab.methods.qlora).
-    "qlora": {
-        "model": string(expect="a model alias, hub id (org/name) or local folder"),
-        "revision": revision("hub model"),  # hub ids only; null takes the hub's latest
-        "adapter": string("lora", choices=("lora", "bottleneck")),
-        "quantization": string("nf4", choices=("nf4", "int8", "none")),
-        # Where bitsandbytes cannot quantize on this machine: true falls back to unquantized weights and records
-        # it (quantization: none + a note); false stops with an error.
-        "fallback": flag(False),
-        "compute_dtype": string("bf16", choices=("bf16", "fp16", "fp32")),
-        "double_quant": flag(True),
-        # The input embedding table in NF4 too (QLoRA leaves it in 16 bits); needs quantization: nf4.
-        "quantize_embeddings": flag(False),
-        "gradient_checkpointing": flag(False),
-        "input_template": string("Premise: {premise}\nHypothesis: {hypothesis}"),
-        "seeds": listof(integer(minimum=0), default=None, nullable=True),
-        "keep_models": string("first", choices=("first", "all", "none")),
-        "train": TRAIN_FIELDS,
-        "lora": section(
-            r=integer(16, minimum=1),
-            alpha=number(32, positive=True),
-            dropout=number(0.05, minimum=0, maximum=1),
-            target_modules=listof(string(), default=["q_proj", "k_proj", "v_proj", "o_proj"]),
-        ),
-        "bottleneck": section(size=integer(64, minimum=1)),
-    },
-}
-
-# Which schema each notebook's block follows. A new notebook registers here.
+# Which kind each notebook's block is. A new notebook registers here.
 NOTEBOOK_KINDS: dict[str, str] = {
     "00_data": "data",
     "10_full_finetune": "encoder",
@@ -235,77 +66,66 @@ NOTEBOOK_KINDS: dict[str, str] = {
     "21_qlora": "qlora",
 }
 
-TOP_FIELDS = {"description": string(""), "shared": None, "experiments": None}
+TOP_KEYS = ("description", "shared", "experiments")
 
 
 # ------------------------------------------------------------------------------------------------ validation
-def _fmt(value: Any) -> str:
+def _fmt(value) -> str:
     text = repr(value)
     return text if len(text) < 60 else text[:57] + "..."
 
 
-def _coerce(value: Any, spec: Field):
-    """Return (value, ok). YAML reads `5e-5` as a string, so numeric strings are accepted for numbers."""
-    if spec.kind == "int":
-        return value, isinstance(value, int) and not isinstance(value, bool)
-    if spec.kind == "float":
-        if isinstance(value, str):
-            try:
-                return float(value), True
-            except ValueError:
-                return value, False
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return (float(value) if ok else value), ok
-    if spec.kind == "str":
-        return value, isinstance(value, str) and value != ""
-    if spec.kind == "bool":
-        return value, isinstance(value, bool)
-    if spec.kind == "list":
-        return value, isinstance(value, list)
-    return value, isinstance(value, dict)
-
-
-def _validate(value, spec: Field, path: str, errors: list[str], fill: bool):
-    if value is None and spec.nullable:
-        return None
-    value, ok = _coerce(value, spec)
-    if not ok or (spec.choices and value not in spec.choices) or (spec.check and not spec.check(value)):
-        errors.append(f"{path}: expected {spec.describe()}, got {_fmt(value)}")
-        return value
-    if spec.kind == "list" and spec.items is not None:
-        return [_validate(v, spec.items, f"{path}[{i}]", errors, fill) for i, v in enumerate(value)]
-    if spec.kind == "section":
-        return _validate_mapping(value, spec.fields, path, errors, fill)
-    return spec.convert(value) if spec.convert else value
-
-
 def _suggest(key: str, known) -> str:
-    import difflib
-
     close = difflib.get_close_matches(key, list(known), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _validate_mapping(value: dict, fields: dict, path: str, errors: list[str], fill: bool) -> dict:
-    out = {}
-    prefix = f"{path}." if path else ""
-    for key, item in value.items():
-        if key not in fields:
-            errors.append(f"{prefix}{key}: unknown key{_suggest(str(key), fields)}; "
-                          f"expected one of {', '.join(sorted(fields))}")
-            continue
-        out[key] = _validate(item, fields[key], f"{prefix}{key}", errors, fill)
-    if fill:
-        for key, spec in fields.items():
-            if key in out:
-                continue
-            if spec.kind == "section" and not spec.nullable:
-                out[key] = _validate_mapping({}, spec.fields, f"{prefix}{key}", errors, fill)
-            elif spec.default is MISSING:
-                errors.append(f"{prefix}{key}: missing; expected {spec.describe()}")
-            else:
-                out[key] = copy.deepcopy(spec.default)
+def _key_path(path: str, loc) -> str:
+    """experiments.ft + ('train', 'batch_size') -> experiments.ft.train.batch_size; + ('seeds', 1) -> ...seeds[1]."""
+    return path + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+
+
+def _problems(exc: ValidationError, schema: type[BaseModel], path: str) -> list[str]:
+    """pydantic's errors in the profile's words: `<key path>: expected <what>, got <value>`."""
+    out = []
+    for error in exc.errors():
+        loc = error["loc"]
+        if error["type"] in ("extra_forbidden", "invalid_key"):  # invalid: not text (YAML reads `1:` as a number)
+            *parent, key = loc
+            known = keys_at(schema, tuple(parent))
+            out.append(f"{_key_path(path, parent)}.{key}: unknown key{_suggest(str(key), known)}; "
+                       f"expected one of {', '.join(sorted(known))}")
+        elif error["type"] == "missing":
+            out.append(f"{_key_path(path, loc)}: missing; expected {expected(*field_at(schema, loc))}")
+        else:
+            out.append(f"{_key_path(path, loc)}: expected {expected(*field_at(schema, loc))}, "
+                       f"got {_fmt(error['input'])}")
     return out
+
+
+def _validate(schema: type[BaseModel], raw: dict, path: str) -> tuple[dict | None, list[str]]:
+    """The block as a plain dict with every default filled, and its problems. With problems, the dict holds the
+    top-level keys that did validate (the others left out), so that the checks across keys still report what they
+    find there; None where a required key is missing or wrong."""
+    try:
+        return schema.model_validate(raw).model_dump(), []
+    except ValidationError as exc:
+        problems = _problems(exc, schema, path)
+        bad = {error["loc"][0] for error in exc.errors()}
+    try:
+        rest = schema.model_validate({k: v for k, v in raw.items() if k not in bad}).model_dump()
+    except ValidationError:
+        return None, problems
+    return {k: v for k, v in rest.items() if k not in bad}, problems
+
+
+def validate_block(kind: str, block: dict, path: str = "block") -> dict:
+    """One experiment's keys (shared keys included) validated as a `kind` block, every default filled; without the
+    profile's checks across keys and files. For tools that build a config without a profile file (bench/)."""
+    config, problems = _validate(SCHEMAS[kind], block, path)
+    if problems:
+        raise ParamsError("\n".join(problems))
+    return config
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -361,7 +181,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except UnicodeDecodeError as exc:
         raise ParamsError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
@@ -397,22 +217,17 @@ def _notebooks_root(path: Path) -> Path:
 
 def load_profile(profile: str | os.PathLike) -> Profile:
     """Load and validate a profile completely; raise ParamsError listing every problem."""
-    from nlilab.models.resolve import (
-        check_model_name,  # local import: models imports params' constants
-    )
-
     path = resolve_profile_path(profile)
     raw = _read_yaml(path)
-    errors: list[str] = []
-    for key in raw:
-        if key not in TOP_FIELDS:
-            errors.append(f"{key}: unknown top-level key{_suggest(str(key), TOP_FIELDS)}; "
-                          "expected description, shared, experiments")
+    errors = [f"{key}: unknown top-level key{_suggest(str(key), TOP_KEYS)}; expected description, shared, experiments"
+              for key in raw if key not in TOP_KEYS]
     shared_raw = raw.get("shared") or {}
     if not isinstance(shared_raw, dict):
         errors.append(f"shared: expected a mapping, got {_fmt(shared_raw)}")
         shared_raw = {}
-    shared = _validate_mapping(shared_raw, SHARED_FIELDS, "shared", errors, fill=False)
+    errors += _validate(Shared, shared_raw, "shared")[1]
+    # what every experiment inherits; a key `shared` may not have is reported once, above, not inherited
+    shared = {k: v for k, v in shared_raw.items() if k in Shared.model_fields}
     experiments_raw = raw.get("experiments")
     if not isinstance(experiments_raw, dict) or not experiments_raw:
         errors.append(f"experiments: expected a non-empty mapping of experiment name to block, "
@@ -432,12 +247,12 @@ def load_profile(profile: str | os.PathLike) -> Profile:
         if config is not None:
             prof.experiments[str(name)] = config
     for name, config in prof.experiments.items():
-        errors.extend(_cross_checks(name, config, check_model_name))
-        prof.warnings.extend(_unpinned(name, config))
+        errors.extend(_cross_checks(name, config))
     errors = _attribute_to_shared(errors, experiments_raw, shared_raw)
     if errors:
         raise ParamsError(f"{path}: {len(errors)} problem(s):\n" + "\n".join(f"  {path.name}: {e}" for e in errors))
-    prof.warnings = _attribute_to_shared(prof.warnings, experiments_raw, shared_raw)  # once each, as errors
+    warnings = [w for name, config in prof.experiments.items() for w in _unpinned(name, config)]
+    prof.warnings = _attribute_to_shared(warnings, experiments_raw, shared_raw)  # once each, as errors
     return prof
 
 
@@ -458,7 +273,7 @@ def _attribute_to_shared(errors: list[str], experiments_raw: dict, shared_raw: d
     that inherits it."""
     out = []
     for error in errors:
-        found = re.match(r"experiments\.([A-Za-z0-9_-]+)\.([\w.\[\]]+): (.*)", error, re.S)
+        found = re.match(r"experiments\.([A-Za-z0-9_-]+)\.([\w.\[\]]+): (.*)", error, re.DOTALL)
         if found:
             name, key, rest = found.groups()
             block = experiments_raw.get(name)
@@ -479,13 +294,13 @@ def _load_experiment(name: str, block, shared: dict, profile_path: Path, errors:
         errors.append(f"{path}.notebook: expected one of {', '.join(NOTEBOOK_KINDS)}, got {_fmt(notebook)}")
         return None
     kind = NOTEBOOK_KINDS[notebook]
-    fields = {**SHARED_FIELDS, **KIND_FIELDS[kind]}
     body = {k: v for k, v in block.items() if k != "notebook"}
-    _validate_mapping(body, fields, path, errors, fill=False)  # errors named where the user wrote them
-    merged = deep_merge(shared, body)
-    local: list[str] = []
-    config = _validate_mapping(merged, fields, path, local, fill=True)
-    errors.extend(e for e in local if e not in errors)
+    # validated merged, so that an experiment's own value wins; a problem it inherits is named once, in `shared`
+    # (_attribute_to_shared)
+    config, problems = _validate(SCHEMAS[kind], deep_merge(shared, body), path)
+    errors.extend(problems)
+    if config is None:
+        return None
     config.update(name=name, notebook=notebook, kind=kind)
     # A path the profile writes is the writer's: relative to the profile's project, or to its own folder when it
     # sits elsewhere, since a profile kept beside its data names that data relative to itself. The notebooks,
@@ -501,15 +316,17 @@ def _load_experiment(name: str, block, shared: dict, profile_path: Path, errors:
     return config
 
 
-def _cross_checks(name: str, config: dict, check_model_name) -> list[str]:
-    """Checks that span keys or look at the machine's files (never the network)."""
+def _cross_checks(name: str, config: dict) -> list[str]:
+    """Checks that span keys or look at the machine's files (never the network). A key that failed validation is
+    not in `config`: the checks that read it wait until it is fixed."""
     path = f"experiments.{name}"
     errors = []
-    nb = Path(config["notebooks_dir"]) / f"{config['notebook']}.ipynb"
-    if not nb.is_file():
-        errors.append(f"{path}.notebook: notebook file {nb} does not exist")
-    data = config["data"]
-    if data["source"] == "local":
+    if "notebooks_dir" in config:
+        nb = Path(config["notebooks_dir"]) / f"{config['notebook']}.ipynb"
+        if not nb.is_file():
+            errors.append(f"{path}.notebook: notebook file {nb} does not exist")
+    data = config.get("data")
+    if data and data["source"] == "local":
         folder = data["local_dir"] or os.environ.get(MNLI_DIR_ENV)
         if not folder:
             errors.append(f"{path}.data.source: 'local' needs a folder: set data.local_dir or "
@@ -517,15 +334,15 @@ def _cross_checks(name: str, config: dict, check_model_name) -> list[str]:
         elif not Path(folder).is_dir():
             where = f"{path}.data.local_dir" if data["local_dir"] else f"${MNLI_DIR_ENV} (data.source 'local')"
             errors.append(f"{where}: expected an existing folder, got {folder!r}")
-    if config["device"] == "cpu" and config["precision"] == "fp16":
+    if config.get("device") == "cpu" and config.get("precision") == "fp16":
         errors.append(f"{path}.precision: fp16 needs a GPU but device is 'cpu'; use fp32 or bf16")
-    if "model" in config and isinstance(config["model"], str):
+    if "model" in config:
         problem = check_model_name(config["model"])
         if problem:
             errors.append(f"{path}.model: {problem}")
         else:
             errors.extend(_model_checks(path, config))
-    if data["revision"] is not None and data["source"] != "hub":
+    if data and data["revision"] is not None and data["source"] != "hub":
         errors.append(f"{path}.data.revision: a revision pins a hub dataset, but data.source is "
                       f"{data['source']!r}; remove it")
     errors.extend(_kind_checks(path, config))
@@ -534,10 +351,8 @@ def _cross_checks(name: str, config: dict, check_model_name) -> list[str]:
 
 def _model_checks(path: str, config: dict) -> list[str]:
     """Checks of a model the machine holds: a revision only for hub ids; LoRA targets it has."""
-    from nlilab.models.resolve import model_source
-
     source = model_source(config["model"])
-    if source != "hub" and config["revision"] is not None:
+    if source != "hub" and config.get("revision") is not None:
         what = "an embedded alias" if source == "alias" else "a local folder"
         return [f"{path}.revision: a revision pins a hub model, but {config['model']!r} is {what}; remove it"]
     uses_lora = config.get("method") == "lora" or config.get("adapter") == "lora"
@@ -555,8 +370,8 @@ def _target_module_checks(path: str, config: dict) -> list[str]:
     try:
         names = adaptable_modules(config["model"])
     except Exception as exc:  # noqa: BLE001 - any failure to read the model is the user's to see
-        return [f"{path}.model: cannot build {config['model']!r} to check lora.target_modules: "
-                f"{type(exc).__name__}: {exc}"]
+        return [(f"{path}.model: cannot build {config['model']!r} to check lora.target_modules: "
+                 f"{type(exc).__name__}: {exc}")]
     leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
     targets = config["lora"]["target_modules"]
     errors = []
@@ -570,8 +385,6 @@ def _target_module_checks(path: str, config: dict) -> list[str]:
 
 def _unpinned(name: str, config: dict) -> list[str]:
     """Hub models and datasets not pinned to a commit: allowed (the hub's latest), but a rerun may differ."""
-    from nlilab.models.resolve import is_pinned, model_source
-
     path, found = f"experiments.{name}", []
     model = config.get("model")
     if isinstance(model, str) and model_source(model) == "hub" and not is_pinned(config["revision"]):
@@ -591,16 +404,17 @@ NOTEBOOK_METHODS = {"10_full_finetune": "full", "11_top_layers": "top_layers", "
 
 def _encoder_checks(path: str, config: dict) -> list[str]:
     errors = []
-    expected = NOTEBOOK_METHODS.get(config["notebook"])
-    if expected and config["method"] != expected:
-        errors.append(f"{path}.method: notebook {config['notebook']} runs method '{expected}', "
-                      f"got {config['method']!r}")
-    if config["method"] not in ("lora",) and config.get("sweep"):
+    method, sweep = config.get("method"), config.get("sweep")
+    expected_method = NOTEBOOK_METHODS.get(config["notebook"])
+    if method and expected_method and method != expected_method:
+        errors.append(f"{path}.method: notebook {config['notebook']} runs method '{expected_method}', "
+                      f"got {method!r}")
+    if method and method != "lora" and sweep:
         errors.append(f"{path}.sweep: a learning-rate sweep is only supported for method 'lora'")
-    if config["notebook"] == "13_lora_sweep" and not config.get("sweep"):
+    if config["notebook"] == "13_lora_sweep" and "sweep" in config and not sweep:
         errors.append(f"{path}.sweep: notebook 13_lora_sweep needs a sweep block "
                       "(sweep: {param: learning_rate, values: [...]})")
-    values = (config.get("sweep") or {}).get("values") or []
+    values = (sweep or {}).get("values") or []
     if len(set(values)) != len(values):
         errors.append(f"{path}.sweep.values: expected distinct values, got {values}")
     return errors
@@ -621,18 +435,14 @@ def _kind_checks(path: str, config: dict) -> list[str]:
 
 
 def _prompting_checks(path: str, config: dict) -> list[str]:
-    from nlilab.prompting.prompts import (
-        load_prompt,  # local import: prompting imports params' neighbours
-    )
-
     errors = []
-    if config.get("seeds") and config["mode"] == "zero_shot":
+    if config.get("seeds") and config.get("mode") == "zero_shot":
         errors.append(f"{path}.seeds: zero-shot scoring draws nothing at random, so it runs once; seeds apply "
                       "to mode one_shot (each seed draws its own demonstrations)")
-    if config["calibration"] == "contextual" and config["scoring"] != "loglik":
+    if config.get("calibration") == "contextual" and config.get("scoring", "loglik") != "loglik":
         errors.append(f"{path}.calibration: contextual calibration needs label scores (scoring: loglik)")
-    prompt = config.get("prompt") or {}
-    if isinstance(prompt.get("name"), str):
+    prompt = config.get("prompt")
+    if prompt:  # the prompt file, with the profile's overrides, passes the prompt's own checks
         try:
             load_prompt(prompt["name"], {k: v for k, v in prompt.items() if k != "name"})
         except ParamsError as exc:
@@ -641,26 +451,22 @@ def _prompting_checks(path: str, config: dict) -> list[str]:
 
 
 def _qlora_checks(path: str, config: dict) -> list[str]:
-    import string as _string
-
     errors = []
-    if config["device"] == "cpu" and config["compute_dtype"] == "fp16":
+    if config.get("device") == "cpu" and config.get("compute_dtype") == "fp16":
         errors.append(f"{path}.compute_dtype: fp16 needs a GPU but device is 'cpu'; use bf16 or fp32")
     template = config.get("input_template")
-    if isinstance(template, str):
+    if template:
         try:
-            names = {f for _, f, _, _ in _string.Formatter().parse(template) if f is not None}
+            names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
         except ValueError as exc:
             names = None
             errors.append(f"{path}.input_template: not a valid format string ({exc})")
         if names is not None and names != {"premise", "hypothesis"}:
             errors.append(f"{path}.input_template: expected exactly the placeholders {{premise}} and "
                           f"{{hypothesis}}, got {sorted(names)}")
-    if config.get("quantize_embeddings") and config["quantization"] != "nf4":
+    if config.get("quantize_embeddings") and config.get("quantization", "nf4") != "nf4":
         errors.append(f"{path}.quantize_embeddings: only with quantization: nf4 (got "
                       f"'{config['quantization']}'); set it to false")
-    if config["adapter"] == "lora" and not config["lora"]["target_modules"]:
-        errors.append(f"{path}.lora.target_modules: expected at least one module name")
     return errors
 
 

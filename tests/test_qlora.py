@@ -72,7 +72,7 @@ def test_adapters_and_head_train_save_and_reload(tmp_path, path, tokenizer, adap
     quant = qlora.plan_quantization(config, "cpu")
     torch.manual_seed(0)
     built = qlora.build(config, path, tokenizer, quant, "cpu")
-    model, notes = built.model, built.notes
+    notes = built.notes
     assert notes["quantization"] == quantization and notes["head_trainable"] and notes["head_is_plain_linear"]
     if quantization == "nf4":
         assert notes["quantized_linear_layers"].get("Linear4bit", 0) > 0
@@ -83,6 +83,14 @@ def test_adapters_and_head_train_save_and_reload(tmp_path, path, tokenizer, adap
         assert notes["embeddings_4bit"] == embeddings
         assert ("FrozenEmbeddingNF4" in notes["quantized_linear_layers"]) == embeddings
         assert notes["total_params_logical"] > 134_000_000  # 4-bit tensors counted at their logical size
+    _trains_saves_and_reloads(built, tokenizer, tmp_path, adapter, quantization, embeddings)
+
+
+def _trains_saves_and_reloads(built, tokenizer, tmp_path, adapter, quantization, embeddings=False):
+    """Only the adapters and the head train, both get gradients, and the saved folder rebuilds the same model."""
+    import torch
+
+    model = built.model
     marker = "lora_" if adapter == "lora" else "bottleneck_adapter"
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("score" in n for n in trainable) and any(marker in n for n in trainable)
@@ -111,14 +119,71 @@ def test_adapters_and_head_train_save_and_reload(tmp_path, path, tokenizer, adap
     assert torch.allclose(before, after, atol=1e-5), (before, after)
 
 
-def test_requested_quantization_is_honoured_or_the_fallback_recorded(monkeypatch):
-    assert qlora.bnb_problem("nf4", "cpu", "fp32") is None, "bitsandbytes 4-bit should work on this CPU"
-    assert qlora.plan_quantization(_config(quantization="nf4"), "cpu").record()["quantization"] == "nf4"
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, tokenizer):
+    """A two-layer Llama with random weights and SmolLM2's tokenizer, saved as a folder: what no profile uses
+    (an 8-bit base, bottleneck adapters on a 4-bit one) exercised in seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("adapter, quantization", [("lora", "int8"), ("bottleneck", "nf4")])
+def test_int8_base_and_bottleneck_adapters_on_a_quantized_base(tmp_path, tiny_llama, adapter, quantization):
+    """bitsandbytes runs 8-bit layers on the CPU (dequantized for training): the int8 path is taken here as
+    planned, not by the fallback, and trains, saves and reloads like the NF4 one."""
+    import torch
+
+    assert qlora.bnb_problem(quantization, "cpu", "fp32") is None, f"bitsandbytes {quantization} should run here"
+    tokenizer = qlora.load_tokenizer(tiny_llama)
+    config = _config(adapter=adapter, quantization=quantization, fallback=False, quantize_embeddings=False)
+    torch.manual_seed(0)
+    built = qlora.build(config, tiny_llama, tokenizer, qlora.plan_quantization(config, "cpu"), "cpu")
+    notes = built.notes
+    assert notes["quantization"] == quantization and notes["head_trainable"] and notes["head_is_plain_linear"]
+    layer = {"int8": "Linear8bitLt", "nf4": "Linear4bit"}[quantization]
+    assert notes["quantized_linear_layers"] == {layer: 2 * 7}  # q, k, v, o, gate, up, down in each block
+    sixteen, params = qlora.sixteen_bit_bytes(tiny_llama)
+    assert notes["total_params_logical"] > params  # the adapters come on top of every base weight
+    if quantization == "int8":
+        import bitsandbytes as bnb  # PEFT's LoRA wrapper is called Linear8bitLt as well: ask for the real one
+
+        linear = [m.weight for m in built.model.modules() if type(m) is bnb.nn.Linear8bitLt]
+        weights, rows = sum(w.numel() for w in linear), sum(w.shape[0] for w in linear)
+        # one byte per weight instead of two, plus one fp32 scale per output row
+        assert sixteen - notes["weights_bytes_loaded"] == weights - 4 * rows
+    _trains_saves_and_reloads(built, tokenizer, tmp_path, adapter, quantization)
+
+
+@pytest.mark.parametrize("adapter, applied, words", [
+    ("lora", "int8", "classifier: LoRA, 8-bit base"),
+    ("bottleneck", "nf4", "classifier: bottleneck adapters, 4-bit NF4 base"),
+    ("lora", "none", "classifier: LoRA, unquantized base"),
+])
+def test_the_label_names_the_adapter_and_the_quantization_applied(adapter, applied, words):
+    from nlilab.experiments.qlora import QLoRA
+
+    runs = [{"seed": 0, "method_notes": {"quantization": applied}}]
+    assert QLoRA({"adapter": adapter}).label({"runs": runs}) == words
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_requested_quantization_is_honoured_or_the_fallback_recorded(monkeypatch, quantization):
+    assert qlora.bnb_problem(quantization, "cpu", "fp32") is None, f"bitsandbytes {quantization} should run here"
+    assert qlora.plan_quantization(_config(quantization=quantization), "cpu").record()["quantization"] == quantization
     monkeypatch.setattr(qlora, "bnb_problem", lambda *args, **kwargs: "no kernels for this device")
     with pytest.raises(NlilabError, match="fallback: true"):
-        qlora.plan_quantization(_config(quantization="nf4", fallback=False), "cpu")
-    record = qlora.plan_quantization(_config(quantization="nf4", fallback=True), "cpu").record()
-    assert record["quantization"] == "none" and record["quantization_requested"] == "nf4"
+        qlora.plan_quantization(_config(quantization=quantization, fallback=False), "cpu")
+    record = qlora.plan_quantization(_config(quantization=quantization, fallback=True), "cpu").record()
+    assert record["quantization"] == "none" and record["quantization_requested"] == quantization
     assert "no kernels for this device" in record["quantization_note"]
     assert qlora.plan_quantization(_config(quantization="none"), "cpu").record()["quantization_note"] is None
 

@@ -81,16 +81,19 @@ def package_copy(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("module, affected", [
-    ("encoder", {"full_finetune"}),      # only the encoder notebooks use it
-    ("methods", {"full_finetune"}),      # reached through encoder's imports
-    ("training", {"full_finetune"}),
-    ("views", {"full_finetune"}),        # imported by 10_full_finetune on the line `from nlilab import ..., views`
-    ("data", {"data", "full_finetune"}),  # both notebooks load data
+    ("experiments/encoder", {"full_finetune"}),  # only the encoder notebooks use it
+    ("methods/encoder", {"full_finetune"}),      # reached through the encoder driver's imports
+    ("methods/pooling", {"full_finetune"}),
+    ("training/trainer", {"full_finetune"}),
+    ("notebook", {"data", "full_finetune"}),     # every notebook's display calls
+    ("report/views", {"data", "full_finetune"}),  # reached through nlilab.notebook
+    ("data/nli", {"data", "full_finetune"}),     # both notebooks load data
     ("results", {"data", "full_finetune"}),
     ("params", {"data", "full_finetune"}),
     ("__init__", {"data", "full_finetune"}),
-    ("prompting", set()),                 # params imports it only to validate prompt files
-    ("report", set()),                    # the runner rebuilds the report every time; no notebook uses it
+    ("methods/config", set()),                   # params imports the blocks' schemas only to validate
+    ("prompting/scoring", set()),                # no encoder or data notebook scores prompts
+    ("report/build", set()),                     # the runner rebuilds the report every time; no notebook uses it
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_source_change(profile, package_copy, module, affected):
     before = keys(profile)
@@ -105,16 +108,16 @@ def test_prompt_file_change(tmp_path, package_copy):
     notebooks = tmp_path / "nb_copy"
     shutil.copytree(REPO / "notebooks", notebooks)
     cell = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-            "source": ["from nlilab import params, prompting\n"]}
+            "source": ["from nlilab import params\n", "from nlilab.experiments import prompting\n"]}
     (notebooks / "20_prompting.ipynb").write_text(json.dumps(
         {"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     path = make_profile(tmp_path, notebooks=notebooks, edit=lambda raw: raw["experiments"].update(
         prompting={"notebook": "20_prompting", "model": "smollm2"}))
     before = keys(path)
-    prompt = sorted((package_copy / "prompts").glob("*.yaml"))[0]
+    prompt = sorted((package_copy / "prompting" / "prompts").glob("*.yaml"))[0]
     prompt.write_text(prompt.read_text() + "\n# reworded\n")
     assert changed(before, keys(path)) == {"prompting"}
-    source = package_copy / "prompting.py"
+    source = package_copy / "prompting" / "scoring.py"
     source.write_text(source.read_text() + "\n# an edit\n")
     assert changed(before, keys(path)) == {"prompting"}
 
@@ -140,7 +143,7 @@ def _fake_notebook(calls):
     """Stands in for papermill: records what the experiment folder held when the notebook started, then writes
     a finished seed and metrics.json as the encoder notebook does."""
 
-    def execute(config):
+    def fake_execute(config):
         out = Path(config["output_dir"])
         calls.append(sorted(p.name for p in out.rglob("*") if p.is_file()))
         atomic_write_json(out / "seed_0" / "run.json", {"learning_rate": config["train"]["learning_rate"]})
@@ -148,7 +151,7 @@ def _fake_notebook(calls):
         execute.executed_notebook(config).parent.mkdir(parents=True, exist_ok=True)
         execute.executed_notebook(config).write_text("{}")
 
-    return execute
+    return fake_execute
 
 
 def _config(path, tmp_path, lr=1e-4):

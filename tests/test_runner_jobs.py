@@ -36,11 +36,13 @@ def test_auto_jobs_follow_cores_memory_and_work(machine, cores, memory_gb, pendi
     assert workers.resolve_jobs("auto", [_config()] * pending) == expected
 
 
-def test_auto_jobs_is_one_when_an_experiment_uses_the_gpu(machine, monkeypatch):
+def test_auto_jobs_is_one_when_an_experiment_uses_the_only_gpu(machine, monkeypatch):
+    """One GPU: one experiment at a time (more GPUs: tests/test_runner_gpus.py)."""
     import torch
 
     machine(16)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(workers, "_gpu_count", lambda: 1)
     assert workers.resolve_jobs("auto", [_config(), _config(device="auto")]) == 1  # auto resolves to the GPU
     assert workers.resolve_jobs("auto", [_config(), _config(device="cuda")]) == 1
     assert workers.resolve_jobs("auto", [_config(kind="data", device="cuda")] * 3) == 3  # data never uses it

@@ -21,7 +21,8 @@ import numpy as np
 
 from nlilab import LABELS, SPLITS
 from nlilab.errors import DataError
-from nlilab.params import MNLI_DIR_ENV
+
+MNLI_DIR_ENV = "NLILAB_MNLI_DIR"  # the local MultiNLI folder of data.source 'local' when data.local_dir is unset
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 ORIGINAL_NAMES = {  # the files of the MultiNLI 1.0 zip

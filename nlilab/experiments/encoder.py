@@ -14,17 +14,12 @@ from pathlib import Path
 
 from nlilab import EVAL_SPLITS
 from nlilab.data.nli import HELD_OUT, load_nli
+from nlilab.experiments.skeleton import selection_record, summarize
+from nlilab.experiments.trained import Trained
 from nlilab.methods import encoder as methods
 from nlilab.models.resolve import resolve_model
-from nlilab.params import experiment_seeds
-from nlilab.results import experiment_dir, write_metrics
-from nlilab.training.trainer import (
-    fit_and_evaluate,
-    resolve_device,
-    selection_record,
-    summarize,
-    tokenize_splits,
-)
+from nlilab.results import experiment_dir
+from nlilab.training.trainer import resolve_device, tokenize_splits
 
 
 def prepare(config: dict):
@@ -41,30 +36,32 @@ def prepare(config: dict):
     return data, resolved, tokenizer, tokenized
 
 
-def train_seed(config: dict, seed: int, prepared, run_dir: Path, learning_rate: float | None = None,
-               keep_model: bool = True, window: bool = False) -> dict:
-    from transformers import set_seed
+class Encoder(Trained):
+    def __init__(self, config: dict, prepared=None):
+        super().__init__(config)
+        if prepared is not None:
+            self.data, self.resolved, self.tokenizer, self.tokenized = prepared
 
-    data, resolved, tokenizer, tokenized = prepared
-    set_seed(seed)  # before building: the new classification head's initialisation depends on it
-    built = methods.build(config, resolved.path)
-    run = fit_and_evaluate(built.model, tokenizer, tokenized, data, config, seed, run_dir, save=built.save,
-                           learning_rate=learning_rate, keep_model=keep_model, window=window)
-    run["method_notes"] = built.notes
-    return run
+    def prepare(self) -> None:
+        self.data, self.resolved, self.tokenizer, self.tokenized = prepare(self.config)
 
+    def build(self):
+        return methods.build(self.config, self.resolved.path)
 
-def _keeps_model(config: dict, index: int) -> bool:
-    """`keep_models`: 'first' (default) keeps one seed's saved model, enough to reuse the result; the other
-    seeds' would be near-copies (1.4 GB each for a full roberta-large)."""
-    keep = config.get("keep_models", "first")
-    return keep == "all" or (keep == "first" and index == 0)
+    def measure(self) -> dict:
+        if not self.config.get("sweep"):
+            return super().measure()
+        return run_sweep(self.config, (self.data, self.resolved, self.tokenizer, self.tokenized))
+
+    def method(self) -> str:
+        return self.config["method"]
+
+    def label(self, metrics: dict) -> str:
+        return methods.method_label(self.config, metrics.get("best_value"))
 
 
 def train_seeds(config: dict, prepared, out_dir: Path, learning_rate: float | None = None) -> list[dict]:
-    return [train_seed(config, seed, prepared, out_dir / f"seed_{seed}", learning_rate,
-                       keep_model=_keeps_model(config, i), window=i == 0)
-            for i, seed in enumerate(experiment_seeds(config))]
+    return Encoder(config, prepared).run_seeds(out_dir, learning_rate=learning_rate)
 
 
 def sweep_dir_name(value: float) -> str:
@@ -104,17 +101,4 @@ def run_sweep(config: dict, prepared) -> dict:
 
 def run(config: dict) -> dict:
     """Train every seed (and every swept value) of the experiment, write its metrics.json, return it."""
-    prepared = prepare(config)
-    data, resolved = prepared[0], prepared[1]
-    if config.get("sweep"):
-        metrics = run_sweep(config, prepared)
-    else:
-        metrics = summarize(train_seeds(config, prepared, experiment_dir(config)), data)
-    metrics.update(model=config["model"], model_path=resolved.path, model_provenance=resolved.provenance,
-                   method=config["method"],
-                   method_label=methods.method_label(config, metrics.get("best_value")), method_notes=metrics["runs"][0].get("method_notes"),
-                   data_source=data.source, data_fingerprint=data.fingerprint,
-                   dropped_unlabeled=data.dropped_unlabeled,
-                   data_sizes={split: len(ds) for split, ds in data.splits.items()})
-    write_metrics(config, metrics)
-    return metrics
+    return Encoder(config).run()

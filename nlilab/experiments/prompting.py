@@ -25,6 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from nlilab import EVAL_SPLITS, LABELS
+from nlilab.data.nli import load_nli
+from nlilab.experiments.skeleton import Experiment
+from nlilab.models.resolve import resolve_model
+from nlilab.params import experiment_seeds
 from nlilab.prompting.demos import DemoPlan, choose_demos
 from nlilab.prompting.generation import (
     generate_answers,
@@ -39,9 +43,9 @@ from nlilab.prompting.scoring import (
     content_free_bias,
     encode_requests,
 )
-from nlilab.training.costs import SeedMeter, cost_summary, scoring_window
-
-RUN_FILE = "run.json"
+from nlilab.results import count_parameters, peak_memory_mb
+from nlilab.training.costs import SeedMeter, scoring_window
+from nlilab.training.trainer import resolve_device
 
 
 # ============================================================================================= experiment
@@ -61,21 +65,9 @@ def experiment_prompt(config: dict) -> Prompt:
     return load_prompt(config["prompt"]["name"], overrides)
 
 
-def method_label(config: dict, prompt: Prompt) -> str:
-    shots = "zero-shot" if config["mode"] == "zero_shot" else "one-shot"
-    extras = [prompt.title]
-    if config["scoring"] == "generate":
-        extras.append("generation")
-    if config["calibration"] == "contextual":
-        extras.append("calibrated")
-    return f"{shots} ({', '.join(extras)})"
-
-
 def prompting_seeds(config: dict) -> list[int]:
     """One-shot: one run per seed (each draws its own demonstrations). Zero-shot is deterministic: one run."""
-    if config["mode"] == "zero_shot":
-        return [config["seed"]]
-    return list(config.get("seeds") or [config["seed"]])
+    return [config["seed"]] if config["mode"] == "zero_shot" else experiment_seeds(config)
 
 
 class Session:
@@ -149,89 +141,81 @@ class Session:
         return result
 
 
-def run_seed(session: Session, seed: int, run_dir: Path, window: bool = False) -> dict:
-    """Score both dev splits with one draw of demonstrations; written atomically, read back when finished.
-    `window`: time the scoring first (see `Session.window`)."""
-    from nlilab.results import atomic_write_json, peak_memory_mb, read_json
+class Prompting(Experiment):
+    activity = "eval"  # the seeds' times cover scoring: nothing trains
 
-    finished = read_json(Path(run_dir) / RUN_FILE)
-    if finished is not None:
-        return finished
-    config, data = session.config, session.data
-    eval_ids = {pid for split in EVAL_SPLITS for pid in data[split]["pairID"]}
-    shots = 0 if config["mode"] == "zero_shot" else 1
-    plan = choose_demos(data["train"], seed, shots, config["rotate_demo_labels"], eval_ids)
-    timed = session.window(plan) if window else None
-    bias = session.bias(plan) if config["calibration"] == "contextual" else None
-    run = {"seed": seed, "window": timed, "demonstrations": plan.record(), "rotate_demo_labels": plan.rotate and bool(plan.rows),
-           "content_free_bias": {str(g): dict(zip(LABELS, b.tolist())) for g, b in bias.items()} if bias else None}
-    with SeedMeter() as meter:  # this seed's own time and peak memory, whatever ran before it
+    def prepare(self) -> None:
+        config = self.config
+        # Cheapest refusals first: GPU-only settings without a GPU, a model that cannot be had, a broken prompt.
+        self.device = resolve_device(config)
+        self.resolved = resolve_model(config["model"], config.get("revision"))
+        self.prompt = experiment_prompt(config)
+        self.data = load_nli(config["data"], seed=config["seed"])
+        tokenizer, model = load_model(self.resolved.path, config, self.device)
+        self.session = Session(config, self.data, self.prompt, tokenizer, model)
+
+    def seeds(self) -> list[int]:
+        return prompting_seeds(self.config)
+
+    def run_seed(self, seed: int, run_dir: Path, index: int) -> dict:
+        """Score both dev splits with one draw of demonstrations; the first seed times the scoring first (see
+        `Session.window`)."""
+        config, data, session = self.config, self.data, self.session
+        eval_ids = {pid for split in EVAL_SPLITS for pid in data[split]["pairID"]}
+        shots = 0 if config["mode"] == "zero_shot" else 1
+        plan = choose_demos(data["train"], seed, shots, config["rotate_demo_labels"], eval_ids)
+        timed = session.window(plan) if index == 0 else None
+        bias = session.bias(plan) if config["calibration"] == "contextual" else None
+        run = {"seed": seed, "window": timed, "demonstrations": plan.record(),
+               "rotate_demo_labels": plan.rotate and bool(plan.rows),
+               "content_free_bias": {str(g): dict(zip(LABELS, b.tolist())) for g, b in bias.items()} if bias else None}
+        with SeedMeter() as meter:  # this seed's own time and peak memory, whatever ran before it
+            for split in EVAL_SPLITS:
+                run[split] = session.evaluate(split, plan, bias)
+        run["cost"] = meter.record()
+        run.update(peak_memory_mb())
+        return run
+
+    def summarize(self, runs: list[dict]) -> dict:
+        """The same split metrics as the encoder experiments, plus the answers that named no label, the
+        scoring speed and the gold label counts."""
+        data = self.data
+        out = super().summarize(runs)
         for split in EVAL_SPLITS:
-            run[split] = session.evaluate(split, plan, bias)
-    run["cost"] = meter.record()
-    run.update(peak_memory_mb())
-    atomic_write_json(Path(run_dir) / RUN_FILE, run)
-    return run
+            out[split]["unmatched_share"] = float(np.mean([r[split]["unmatched_share"] for r in runs]))
+            out[split]["examples_per_second"] = float(np.mean([r[split]["examples_per_second"] for r in runs]))
+            gold = np.bincount(np.asarray(data[split]["label"], dtype=int), minlength=len(LABELS))
+            out[split]["gold_distribution"] = {name: int(c) for name, c in zip(LABELS, gold)}
+        n_eval = sum(len(data[s]) for s in EVAL_SPLITS) * len(runs)
+        wall = sum(r[s]["eval_wall_time_s"] for r in runs for s in EVAL_SPLITS)
+        generated = self.config["scoring"] == "generate"
+        out.update(unmatched_share=float(np.mean([r[s]["unmatched_share"] for r in runs for s in EVAL_SPLITS]))
+                   if generated else None,
+                   eval_wall_time_s=wall, examples_per_second=n_eval / wall if wall > 0 else None)
+        return out
 
+    def method(self) -> str:
+        return self.config["mode"]
 
-def summarize(runs: list[dict], data, config: dict, prompt: Prompt, prompt_rec: dict, model_info: dict) -> dict:
-    """The experiment's metrics.json body: the same split metrics as the encoder experiments, plus the prompt."""
-    from nlilab.evaluation.metrics import aggregate_split
-    from nlilab.training.trainer import baselines, flag_collapse
+    def label(self, metrics: dict) -> str:
+        config = self.config
+        shots = "zero-shot" if config["mode"] == "zero_shot" else "one-shot"
+        extras = [self.prompt.title]
+        if config["scoring"] == "generate":
+            extras.append("generation")
+        if config["calibration"] == "contextual":
+            extras.append("calibrated")
+        return f"{shots} ({', '.join(extras)})"
 
-    base = baselines(data)
-    out = {split: aggregate_split([r[split] for r in runs]) for split in EVAL_SPLITS}
-    for split in EVAL_SPLITS:
-        out[split]["unmatched_share"] = float(np.mean([r[split]["unmatched_share"] for r in runs]))
-        out[split]["examples_per_second"] = float(np.mean([r[split]["examples_per_second"] for r in runs]))
-        gold = np.bincount(np.asarray(data[split]["label"], dtype=int), minlength=len(LABELS))
-        out[split]["gold_distribution"] = {name: int(c) for name, c in zip(LABELS, gold)}
-    n_eval = sum(len(data[s]) for s in EVAL_SPLITS) * len(runs)
-    wall = sum(r[s]["eval_wall_time_s"] for r in runs for s in EVAL_SPLITS)
-    generated = config["scoring"] == "generate"
-    out.update(
-        majority_baseline=base, collapsed=flag_collapse(out, base), history=[],
-        method=config["mode"], method_label=method_label(config, prompt),
-        mode=config["mode"], scoring=config["scoring"], calibration=config["calibration"],
-        prompt=prompt_rec, seeds=[r["seed"] for r in runs],
-        unmatched_share=float(np.mean([r[s]["unmatched_share"] for r in runs for s in EVAL_SPLITS]))
-        if generated else None,
-        eval_wall_time_s=wall, examples_per_second=n_eval / wall if wall > 0 else None,
-        train_wall_time_s=None, train_samples_per_second=None,
-        cpu_rss_peak_mb=float(max(r["cpu_rss_peak_mb"] for r in runs)),
-        gpu_peak_mb=max((r.get("gpu_peak_mb") or 0.0 for r in runs), default=None) or None,
-        runs=runs, **model_info)
-    if all("cost" in r for r in runs):
-        window = next((r["window"] for r in runs if r.get("window")), None)
-        out["cost"] = cost_summary([r["cost"] for r in runs], window, activity="eval")
-    return out
+    def record(self, metrics: dict) -> dict:
+        config, session = self.config, self.session
+        return {"mode": config["mode"], "scoring": config["scoring"], "calibration": config["calibration"],
+                "prompt": prompt_record(self.prompt, session.tokenizer), "precision": config["precision"],
+                "device": self.device, "trainable_params": 0,
+                "total_params": count_parameters(session.model)["total_params"], "trainable_share": 0.0,
+                "scorer_stats": dict(session.scorer.stats)}
 
 
 def run(config: dict) -> dict:
     """Score the experiment's prompt on both dev splits (once per seed for one-shot); write metrics.json."""
-    from nlilab.data.nli import load_nli
-    from nlilab.models.resolve import resolve_model
-    from nlilab.results import count_parameters, experiment_dir, write_metrics
-    from nlilab.training.trainer import resolve_device
-
-    # Cheapest refusals first: GPU-only settings without a GPU, a model that cannot be had, a broken prompt.
-    device = resolve_device(config)
-    resolved = resolve_model(config["model"], config.get("revision"))
-    prompt = experiment_prompt(config)
-    data = load_nli(config["data"], seed=config["seed"])
-    tokenizer, model = load_model(resolved.path, config, device)
-    session = Session(config, data, prompt, tokenizer, model)
-    out_dir = experiment_dir(config)
-    runs = [run_seed(session, seed, out_dir / f"seed_{seed}", window=i == 0)
-            for i, seed in enumerate(prompting_seeds(config))]
-    counts = count_parameters(model)
-    model_info = {"model": config["model"], "model_path": resolved.path, "model_provenance": resolved.provenance,
-                  "precision": config["precision"],
-                  "device": device, "trainable_params": 0, "total_params": counts["total_params"],
-                  "trainable_share": 0.0, "data_source": data.source, "data_fingerprint": data.fingerprint,
-                  "dropped_unlabeled": data.dropped_unlabeled,
-                  "data_sizes": {split: len(ds) for split, ds in data.splits.items()},
-                  "scorer_stats": dict(session.scorer.stats)}
-    metrics = summarize(runs, data, config, prompt, prompt_record(prompt, tokenizer), model_info)
-    write_metrics(config, metrics)
-    return metrics
+    return Prompting(config).run()

@@ -12,24 +12,18 @@ stores, and the trainable-parameter counts include it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from nlilab import LABELS
 from nlilab.errors import NlilabError
+from nlilab.methods.built import Built
 from nlilab.methods.pooling import apply_pooling, resolve_pooling
+from nlilab.report.formats import rate  # as the findings print it (2.5e-5, not 3e-5)
 
 HEAD_NAMES = ("classifier", "score")  # what HF calls the classification head of encoders / decoders
 TRAINED_FILE = "trained.safetensors"
 TRAINED_CONFIG = "trained_config.json"
-
-
-@dataclass
-class Built:
-    model: object
-    save: Callable[[str], None]
-    notes: dict  # method facts worth recording in metrics.json (e.g. which modules train)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -261,13 +255,6 @@ def reload(config: dict, path: str, folder: str):
 
 
 # ------------------------------------------------------------------------------------------------ labels
-def _lr(value: float) -> str:
-    """As the findings print it (2.5e-5, not 3e-5): one formatter, so a table and a sentence never disagree."""
-    from nlilab.report.findings import rate
-
-    return rate(value)
-
-
 def method_label(config: dict, best_value: float | None = None) -> str:
     """A human name for tables and plots, with the settings that tell two rows of one method apart."""
     method = config["method"]
@@ -280,8 +267,8 @@ def method_label(config: dict, best_value: float | None = None) -> str:
         lora = config["lora"]
         base = f"LoRA r={lora['r']} alpha={lora['alpha']:g}"
         if config.get("sweep"):
-            return f"{base}, lr sweep" + (f" (best {_lr(lr)})" if best_value else "")
-        return f"{base}, lr {_lr(lr)}"
+            return f"{base}, lr sweep" + (f" (best {rate(lr)})" if best_value else "")
+        return f"{base}, lr {rate(lr)}"
     if method == "ptuning":
         return f"P-tuning ({config['ptuning']['num_virtual_tokens']} virtual tokens)"
     if method == "prefix":

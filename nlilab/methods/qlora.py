@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nlilab import LABELS
 from nlilab.errors import NlilabError
+from nlilab.methods.built import Built
 
 META_FILE = "nlilab_classifier.json"
 ADAPTER_FILE = "bottleneck_adapters.safetensors"
@@ -98,22 +99,21 @@ def plan_quantization(config: dict, device: str) -> Quantization:
 
 
 # ============================================================================================== footprint
+def _bytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
 def weight_bytes(model) -> int:
-    """Bytes held by the model's parameters and buffers, including the per-block scales that bitsandbytes
-    keeps beside 4-bit weights (its quant_state; `get_memory_footprint` leaves those out)."""
-    total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    """Bytes held by the model's parameters and buffers, including the scales that bitsandbytes keeps beside
+    quantized weights (`get_memory_footprint` leaves those out): a 4-bit weight's per-block scales (its
+    quant_state, nested under double quantization), an 8-bit weight's per-row scales (SCB, held by the weight
+    until the layer's first call)."""
+    total = _bytes(*model.parameters(), *model.buffers())
     for param in model.parameters():
+        total += _bytes(getattr(param, "SCB", None))
         state = getattr(param, "quant_state", None)
-        if state is None:
-            continue
-        for part in (getattr(state, "absmax", None), getattr(state, "code", None)):
-            if part is not None:
-                total += part.numel() * part.element_size()
-        nested = getattr(state, "state2", None)
-        if nested is not None:
-            for part in (getattr(nested, "absmax", None), getattr(nested, "code", None)):
-                if part is not None:
-                    total += part.numel() * part.element_size()
+        for part in (state, getattr(state, "state2", None)):
+            total += _bytes(getattr(part, "absmax", None), getattr(part, "code", None))
     return int(total)
 
 
@@ -302,13 +302,6 @@ def trainable_state(model) -> dict:
 
 
 # ================================================================================================= build
-@dataclass
-class Built:
-    model: object
-    save: object
-    notes: dict
-
-
 def _prepare_for_training(model, quant: Quantization, gradient_checkpointing: bool):
     if quant.applied == "none":
         return model

@@ -323,6 +323,44 @@ def ensure_hub_model_available(repo_id: str, revision: str | None = None) -> Non
     if not hub_reachable():
         at = f" at revision {revision}" if revision else ""
         raise ModelError(offline_message(f"model '{repo_id}'{at}"))
+    ensure_access(repo_id)
+
+
+def access_message(repo_id: str, problem: str) -> str:
+    return (f"model '{repo_id}': {problem}. To use it: (1) sign in at https://huggingface.co/{repo_id} and "
+            f"accept its licence (gated models are approved by their owners, sometimes after a while); (2) make a "
+            f"read token at https://huggingface.co/settings/tokens and run `hf auth login`, or set HF_TOKEN. "
+            f"Or swap in a model you can access: set `model:` in this experiment's block (or in `shared:`) to an "
+            f"open model of the same family, for example an ungated copy of the same weights.")
+
+
+def ensure_access(repo_id: str, token: str | bool | None = None) -> None:
+    """Before any download: the hub lets this user read the model, or a ModelError saying how to get access."""
+    from huggingface_hub import auth_check
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        auth_check(repo_id, token=token)
+    except GatedRepoError:
+        logged_in = bool(token or os.environ.get("HF_TOKEN") or _saved_token())
+        raise ModelError(access_message(repo_id, "it is gated and " + (
+            "this account has not been granted access" if logged_in else "no Hugging Face token is set"))) from None
+    except RepositoryNotFoundError:
+        raise ModelError(access_message(repo_id, "the hub has no such model, or it is private to others")) from None
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise ModelError(access_message(repo_id, f"the hub refused the token (HTTP {status})")) from None
+        raise
+    except Exception as exc:  # the network went away between hub_reachable and here: the download will say so
+        if not type(exc).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
+            raise
+
+
+def _saved_token() -> str | None:
+    from huggingface_hub import get_token
+
+    return get_token()
 
 
 # ------------------------------------------------------------------------------------------ GGUF conversion

@@ -53,6 +53,11 @@ def encode_requests(tokenizer, contexts: list[str], label_words, add_special_tok
 
 
 # ========================================================================================= scoring engine
+# What one more batch costs beyond its tokens (a forward pass's per-layer launches, the prefix cache's copy,
+# smaller matrix products), counted in padded tokens: it keeps the cuts from splitting batches for a token or two.
+BATCH_COST_TOKENS = 32
+
+
 def _shared_prefix_len(sequences: list[list[int]]) -> int:
     """Length of the token prefix common to every sequence, leaving each at least one token of its own (the
     last context position must be computed per example: it predicts the answer)."""
@@ -80,6 +85,32 @@ def _row_layout(request: Request, prefix: int):
         for j, token in enumerate(cont):
             targets.append((len(suffix) - 1 if j == 0 else start + j - 1, token, label))
     return tokens, positions, targets, len(suffix), spans
+
+
+def _row_width(request: Request, prefix: int) -> int:
+    """Tokens of the row `_row_layout` builds: the context after the prefix and each label's branch."""
+    return len(request.context) - prefix + sum(len(c) - 1 for c in request.continuations)
+
+
+def _batch_sizes(widths: list[int], batch_size: int, batch_cost: int = BATCH_COST_TOKENS) -> list[int]:
+    """How many rows go in each batch, for rows sorted longest first: at most `batch_size` each, cut where the
+    tokens computed (every row padded to its batch's first) plus `batch_cost` per batch add up to the least.
+
+    Cutting every `batch_size` rows pads short rows up to long ones wherever lengths change fast, as they do
+    in the long tail of premises (8% of the tokens on 300 dev rows, against 3% cut here). An exact dynamic
+    programme over the cut points: O(len(widths) * batch_size)."""
+    best = [0] + [None] * len(widths)  # best[end]: least cost of the first `end` rows
+    first = [0] * (len(widths) + 1)
+    for end in range(1, len(widths) + 1):
+        for start in range(max(0, end - batch_size), end):
+            cost = best[start] + widths[start] * (end - start) + batch_cost
+            if best[end] is None or cost < best[end]:
+                best[end], first[end] = cost, start
+    sizes, end = [], len(widths)
+    while end:
+        sizes.append(end - first[end])
+        end = first[end]
+    return sizes[::-1]
 
 
 def _tree_mask(layouts, width: int, prefix: int, dtype, device):
@@ -131,9 +162,14 @@ class LoglikScorer:
             members = [i for i, r in enumerate(requests) if r.group == group]
             prefix = _shared_prefix_len([requests[i].context for i in members]) if len(members) > 1 else 0
             prefix = prefix if prefix >= MIN_SHARED_PREFIX else 0
-            # Longest first: the first batch shows at once whether memory suffices, and neighbours pad little.
-            members.sort(key=lambda i: -(len(requests[i].context) + sum(len(c) for c in requests[i].continuations)))
-            plan += [(group, prefix, members[k:k + self.batch_size]) for k in range(0, len(members), self.batch_size)]
+            # Longest first, so that neighbours pad little; where the cuts between batches go is chosen below.
+            members.sort(key=lambda i: -_row_width(requests[i], prefix))
+            start = 0
+            for size in _batch_sizes([_row_width(requests[i], prefix) for i in members], self.batch_size):
+                plan.append((group, prefix, members[start:start + size]))
+                start += size
+        # The batch with the most padded tokens first: it shows at once whether memory suffices.
+        plan.sort(key=lambda item: -len(item[2]) * _row_width(requests[item[2][0]], item[1]))
         caches = {}
         with torch.inference_mode():
             for group, prefix, batch in bar(plan, desc=desc, disable=not self.progress, leave=False):

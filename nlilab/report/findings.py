@@ -11,10 +11,13 @@ the sentence says so. A short summary answers the study's questions first; the d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 from nlilab import EVAL_SPLITS
 from nlilab.evaluation import stats
 from nlilab.evaluation.metrics import COLLAPSE_MARGIN, is_collapsed
+from nlilab.report import formats
+from nlilab.report.formats import ci, rate
 
 MATCHED, MISMATCHED = EVAL_SPLITS
 
@@ -34,10 +37,15 @@ class Finding:
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def method_label(name: str, m: dict) -> str:
+def stored_label(m: dict, method: str) -> str:
+    """The label the experiment wrote into metrics.json; for an older file without one, the report's words for
+    its mode or `method`, else `method` itself."""
+    return m.get("method_label") or METHOD_LABELS.get(m.get("mode") or "") or METHOD_LABELS.get(method, method)
+
+
+def display_label(name: str, m: dict) -> str:
     """'LoRA (lora_seed)': the method's words, then the experiment's name, which the tables use."""
-    label = m.get("method_label") or METHOD_LABELS.get(m.get("mode") or "") or \
-        METHOD_LABELS.get(m.get("method") or m.get("kind") or "", m.get("method") or m.get("kind") or name)
+    label = stored_label(m, m.get("method") or m.get("kind") or "") or name
     if m.get("kind") == "qlora" and "qlora" not in label.lower():
         label = f"QLoRA {label}"  # the notebook's label describes the classifier, not the family
     return label if label == name else f"{label} ({name})"
@@ -73,20 +81,11 @@ def points(a: float, b: float) -> float:
     return round(100 * a - 100 * b, 1)
 
 
-def pct(value: float) -> str:
-    return f"{100 * value:.1f}%"
+pct = partial(formats.pct, unit="%")  # in a sentence the number carries its unit
 
 
 def signed(diff: float) -> str:
     return f"{diff:+.1f}"
-
-
-def rate(value: float) -> str:
-    """A learning rate as people write it: 5e-4, 2.5e-5, 0.01."""
-    if value >= 0.01:
-        return f"{value:g}"
-    mantissa, exponent = f"{value:e}".split("e")
-    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 def millions(count: int | float) -> str:
@@ -117,11 +116,6 @@ def interval(m: dict | None, split: str = MATCHED) -> dict | None:
     """The accuracy's 95% interval: stored, else computed from the predictions, else None (older files)."""
     block = (m or {}).get(split)
     return stats.block_interval(block) if block else None
-
-
-def ci(iv: dict | None) -> str:
-    """' [55.6, 71.1]' in percent, or '' where no interval exists."""
-    return f" [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]" if iv else ""
 
 
 def acc_ci(m: dict, split: str = MATCHED) -> str:
@@ -178,7 +172,7 @@ def _verdict_head(verdict: str, other: str) -> str:
 
 
 def _listing(cs: list[dict], results: dict) -> str:
-    return "; ".join(f"{method_label(c['a'], results[c['a']])} {contrast_text(c)}" for c in cs)
+    return "; ".join(f"{display_label(c['a'], results[c['a']])} {contrast_text(c)}" for c in cs)
 
 
 def _ranked(results: dict) -> list[tuple[str, dict]]:
@@ -199,7 +193,7 @@ def summary_best(results: dict) -> list[Finding]:
     contrasts = [contrast(n, o, name, m) for n, o in ranked[1:]]
     values = {"experiment": name, "matched": accuracy(m), "mismatched": accuracy(m, MISMATCHED),
               "interval": interval(m), "contrasts": {c["a"]: c for c in contrasts}}
-    text = f"Best on dev-matched: {method_label(name, m)} at {acc_ci(m)}"
+    text = f"Best on dev-matched: {display_label(name, m)} at {acc_ci(m)}"
     if values["mismatched"] is not None:
         text += f" ({acc_ci(m, MISMATCHED)} on dev-mismatched)"
     text += "."
@@ -238,7 +232,7 @@ def summary_soft_prompts(results: dict, failures: dict, failed_all: dict) -> lis
     ref = full_reference(results)
     parts = []
     for name, m in soft.items():
-        words = f"{method_label(name, m)} {acc_ci(m)}"
+        words = f"{display_label(name, m)} {acc_ci(m)}"
         if collapsed(m):
             words += f", collapsed (majority class {pct(baseline(m))})" if baseline(m) is not None else ", collapsed"
         if ref is not None:
@@ -257,7 +251,7 @@ def summary_llm(results: dict) -> list[Finding]:
     zero = next(((n, m) for n, m in llm.items() if m.get("mode") == "zero_shot"), None)
     parts, values = [], {"topic": "llm", "experiments": list(llm), "contrasts": {}}
     for name, m in llm.items():
-        words = f"{method_label(name, m)} {acc_ci(m)}"
+        words = f"{display_label(name, m)} {acc_ci(m)}"
         if zero is not None and name != zero[0] and m.get("mode") != "zero_shot":
             c = contrast(name, m, *zero)
             values["contrasts"][name] = c
@@ -274,8 +268,8 @@ def summary_cost(results: dict) -> list[Finding]:
     dearest = max(fair, key=lambda n: fair[n]["cost"]["train_cpu_time_s"])
     lo, hi = fair[cheapest]["cost"]["train_cpu_time_s"], fair[dearest]["cost"]["train_cpu_time_s"]
     text = (f"Cost (CPU time of training per seed, comparable whatever ran beside it): from "
-            f"{lo:.0f} s ({method_label(cheapest, fair[cheapest])}) to {hi:.0f} s "
-            f"({method_label(dearest, fair[dearest])}), {hi / lo:.1f} times as much; the detail is under Cost.")
+            f"{lo:.0f} s ({display_label(cheapest, fair[cheapest])}) to {hi:.0f} s "
+            f"({display_label(dearest, fair[dearest])}), {hi / lo:.1f} times as much; the detail is under Cost.")
     return [Finding("summary", text, {"cheapest": cheapest, "dearest": dearest, "ratio": hi / lo})]
 
 
@@ -340,7 +334,7 @@ def collapses(results: dict) -> list[Finding]:
     parts = []
     for name, m in gone.items():
         dist = (m.get(MATCHED) or {}).get("prediction_distribution") or {}
-        words = f"{method_label(name, m)} scores {pct(accuracy(m))}"
+        words = f"{display_label(name, m)} scores {pct(accuracy(m))}"
         if baseline(m) is not None:
             words += f" against a majority class of {pct(baseline(m))}"
         if sum(dist.values()):
@@ -387,7 +381,7 @@ def per_million(results: dict) -> list[Finding]:
         return []
     rows.sort(key=lambda r: r[1], reverse=True)
     text = ("Accuracy points above the majority class per million trainable parameters, highest first: "
-            + "; ".join(f"{method_label(n, results[n])} {v:+.2f} ({millions(t)} trained)" for n, v, t in rows) + ".")
+            + "; ".join(f"{display_label(n, results[n])} {v:+.2f} ({millions(t)} trained)" for n, v, t in rows) + ".")
     return [Finding("per_million", text, {"ranking": [(n, v) for n, v, _ in rows],
                                           "experiments": [n for n, _, _ in rows]})]
 
@@ -473,7 +467,7 @@ def lr_sweep(results: dict) -> list[Finding]:
                   "worst_value": worst["value"], "n": len(pts), "experiments": [name]}
         split_words = (f"the held-out validation split ({chosen['validation'].get('n')} rows)" if by == "validation"
                        else "dev-matched, a test split (an older file: this choice and its test score share rows)")
-        text = (f"The learning-rate sweep of {method_label(name, m)} tried {len(pts)} values and chose "
+        text = (f"The learning-rate sweep of {display_label(name, m)} tried {len(pts)} values and chose "
                 f"{rate(chosen['value'])} by {selected_by} on {split_words}, where it scored "
                 f"{pct(accuracy(chosen, by))} (worst: {rate(worst['value'])}, {pct(accuracy(worst, by))}). The chosen "
                 f"value's test score: {acc_ci(chosen)} on dev-matched")
@@ -499,7 +493,7 @@ def prompting(results: dict) -> list[Finding]:
             iv = interval(m)
             above = iv is not None and iv["low"] > baseline(m)
             values["above"] += [name] if above else []
-            parts.append(f"{method_label(name, m)} {acc_ci(m)} against {pct(baseline(m))}"
+            parts.append(f"{display_label(name, m)} {acc_ci(m)} against {pct(baseline(m))}"
                          + (f" ({pct(float(m['unmatched_share']))} of its answers named no label)"
                             if m.get("unmatched_share") else ""))
         text = ("Prompting against the majority class on dev-matched: " + "; ".join(parts) + ". "
@@ -586,12 +580,12 @@ def quantization(results: dict) -> list[Finding]:
                   "provenance": m.get("model_provenance")}
         if form == "none":
             note = m.get("quantization_note")
-            text = (f"{method_label(name, m)} ran on unquantized weights ({low:.1f} MB against {high:.1f} MB at 16 "
+            text = (f"{display_label(name, m)} ran on unquantized weights ({low:.1f} MB against {high:.1f} MB at 16 "
                     "bits)" + (f": {note}" if note else ""))
         else:
             tables = (m.get("weight_footprint_mb") or {}).get("embeddings_4bit")
             where = " (linear layers and embedding table)" if tables else ""
-            text = (f"{method_label(name, m)} holds its frozen base weights{where} as {form}: {low:.1f} MB instead of "
+            text = (f"{display_label(name, m)} holds its frozen base weights{where} as {form}: {low:.1f} MB instead of "
                     f"{high:.1f} MB at 16 bits, {ratio:.1f} times smaller (static footprint)")
         training_peak = (m.get("cost") or {}).get("training_peak_mb")
         if training_peak:
@@ -621,7 +615,7 @@ def training_cost(results: dict) -> list[Finding]:
         parts = []
         for name, m in fair.items():
             c = m["cost"]
-            words = f"{method_label(name, m)} {c['train_cpu_time_s']:.0f} s CPU"
+            words = f"{display_label(name, m)} {c['train_cpu_time_s']:.0f} s CPU"
             if base and name != ref[0]:
                 words += f" ({c['train_cpu_time_s'] / base['train_cpu_time_s']:.2f}x full fine-tuning)"
             sps = (c.get("window") or {}).get("samples_per_second")

@@ -8,6 +8,7 @@ import re
 from nlilab import EVAL_SPLITS
 from nlilab.evaluation import stats
 from nlilab.evaluation.metrics import COLLAPSE_MARGIN
+from nlilab.report.formats import ci, pct
 
 MATCHED, MISMATCHED = EVAL_SPLITS
 
@@ -40,10 +41,6 @@ def esc(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def pct(value) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
-
-
 def _num(value, fmt: str) -> str:
     """Format a number that may be missing (blank) or not a number at all (shown as it is)."""
     if value is None:
@@ -62,7 +59,7 @@ def acc_cell(split_metrics: dict | None) -> str:
     text = pct(split_metrics["accuracy"])
     iv = stats.block_interval(split_metrics)
     if iv:
-        return text + f" [{pct(iv['low'])}, {pct(iv['high'])}]"
+        return text + ci(iv)
     if split_metrics.get("accuracy_std") is not None and len(split_metrics.get("accuracy_runs") or []) > 1:
         text += f" ± {pct(split_metrics['accuracy_std'])}"
     return text

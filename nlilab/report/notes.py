@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 
-from nlilab.report.findings import Finding, first, method_label, provenance_text
+from nlilab.report.findings import Finding, display_label, first, provenance_text
 from nlilab.report.references import (
     ADAPTER_LR,
     ADAPTER_LR_RANGE,
@@ -58,7 +58,7 @@ def _of(results: dict, **match) -> list[str]:
 
 def fine_tuning(results: dict, findings: list[Finding]) -> tuple[str, list[str]]:
     others = _of(results, kind="encoder", method="top_layers") + _of(results, kind="encoder", method="lora")
-    shares = [f"{method_label(n, results[n])}: {100 * results[n]['trainable_share']:.3g}% of the weights train"
+    shares = [f"{display_label(n, results[n])}: {100 * results[n]['trainable_share']:.3g}% of the weights train"
               for n in results if results[n].get("kind") in ("encoder", "qlora")
               and results[n].get("trainable_share") is not None]
     paras = [

@@ -45,9 +45,7 @@ def status_of(name: str, m: dict | None, failures: dict) -> tuple[str, str]:
 
 
 def method_text(m: dict, config: dict) -> str:
-    label = m.get("method_label") or F.METHOD_LABELS.get(m.get("mode") or "") or \
-        F.METHOD_LABELS.get(m.get("method") or config.get("method") or config["kind"]) or \
-        (m.get("method") or config.get("method") or config["kind"])
+    label = F.stored_label(m, m.get("method") or config.get("method") or config["kind"])
     if m.get("best_value") is not None and "best" not in label:
         label += f" (sweep, best lr {_num(m['best_value'], 'g')})"
     if m.get("quantization") and str(m["quantization"]).lower() not in label.lower():
@@ -259,7 +257,7 @@ def history_tables(results: dict) -> str:
             continue
         rows = [[_num(row.get("epoch"), "g"), _num(row.get("train_loss"), ".4f"),
                  _num(row.get("validation_loss"), ".4f"), pct(row.get("accuracy"))] for row in history]
-        parts.append(f"<div><h4>{esc(F.method_label(name, m))}</h4>"
+        parts.append(f"<div><h4>{esc(F.display_label(name, m))}</h4>"
                      + table(["epoch", "training loss", "validation loss (held-out validation split)",
                               "accuracy % (held-out validation split)"], rows) + "</div>")
     return "<div class='grid'>" + "".join(parts) + "</div>" if parts else ""
@@ -275,7 +273,7 @@ def seed_side_by_side(results: dict) -> str:
     rows = []
     for ref in SEED_REPORT:
         ours = [(n, m) for n, m in results.items() if m.get("method") == ref.method and m.get("kind") == "encoder"]
-        ours_text = "; ".join(f"{F.method_label(n, m)}: {acc_cell(m.get(MATCHED))}%" for n, m in ours) or "not run"
+        ours_text = "; ".join(f"{F.display_label(n, m)}: {acc_cell(m.get(MATCHED))}%" for n, m in ours) or "not run"
         times = "; ".join(hms(m.get("train_wall_time_s")) for n, m in ours if m.get("train_wall_time_s"))
         rows.append([ref.label, ref.accuracy, ref.train_time or "", ref.recipe, ours_text, times])
     return table(["method", "seed report: accuracy % (reference)", "seed report: time (reference)",
@@ -388,7 +386,7 @@ def plots_section(results: dict) -> str:
                 for s in ("validation", *EVAL_SPLITS)}
 
     for name, m in sweeps.items():
-        last.append(_figure(f"learning-rate sweep {name}", f"{F.method_label(name, m)}: accuracy against the "
+        last.append(_figure(f"learning-rate sweep {name}", f"{F.display_label(name, m)}: accuracy against the "
                              "learning rate (log scale) on the held-out validation split (which chose the value) and the two test "
                              "splits; error bars are 95% intervals (the spread over seeds in older results).",
                              lambda m=m: plots.accuracy_vs_learning_rate(sweep_series(m), F.baseline(m))))

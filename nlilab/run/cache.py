@@ -15,10 +15,13 @@ from nlilab.results import METRICS, executed_notebook, read_json
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CACHE_FILE = "cache_key.json"
 VOLATILE_KEYS = ("results_dir", "reports_dir", "notebooks_dir", "output_dir")
-# Imports that only validate a profile: they may reject it, never change a result. Following them would make every
-# notebook depend on every kind's module (params checks prompt files with nlilab.prompting), so that an edit to
-# the prompting code would rerun every fine-tuning experiment.
-VALIDATION_IMPORTS = {"params": {"prompting.prompts"}}
+# Imports of params that are not followed: every notebook imports params, and params imports every kind's block
+# (so that an edit to the prompting code would rerun every fine-tuning experiment). The prompt-file checks only
+# validate. The blocks (config modules, schema) do shape a run, but only through the config dict they fill, and the
+# key hashes that dict in full (`parameters`): a changed default reruns exactly the experiments that get it; a
+# reworded message reruns nothing. A module that reads a block at run time imports it itself and is followed.
+VALIDATION_IMPORTS = {"params": {"prompting.prompts", "schema", "data.config", "models.config", "training.config",
+                                 "methods.config", "methods.qlora_config", "prompting.config"}}
 # Files inside the package that a module reads at run time: part of the source of whatever uses that module.
 PACKAGE_DATA = {"prompting.prompts": ("prompting/prompts",)}
 

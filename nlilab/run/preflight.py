@@ -25,12 +25,14 @@ def _once(checked: dict, what: tuple, check) -> None:
         raise checked[what]
 
 
-def environment_problems(config: dict, checked: dict | None = None) -> list[str]:
+def environment_problems(config: dict, checked: dict | None = None, local_device: bool = True) -> list[str]:
     """What this machine cannot give the experiment: a GPU-only setting without a GPU, a hub model or dataset
-    neither cached nor reachable. Such settings are refused, never silently changed."""
+    neither cached nor reachable. Such settings are refused, never silently changed. With local_device False
+    the experiment runs on other machines (a Ray cluster, whose executor checks the GPUs there instead)."""
     checked = {} if checked is None else checked
     checks = []
-    if config["kind"] != "data" and (config.get("device") == "cuda" or config.get("precision", "fp32") != "fp32"):
+    if local_device and config["kind"] != "data" and (config.get("device") == "cuda"
+                                                     or config.get("precision", "fp32") != "fp32"):
         from nlilab.training.trainer import (
             resolve_device,  # imports torch: only when a GPU may be needed
         )
@@ -56,15 +58,16 @@ def environment_problems(config: dict, checked: dict | None = None) -> list[str]
     return problems
 
 
-def preflight(prof: Profile, configs: list[dict], force: bool = False) -> dict[str, dict]:
+def preflight(prof: Profile, configs: list[dict], force: bool = False, local_device: bool = True) -> dict[str, dict]:
     """Before the first notebook starts, check in seconds what can be checked: the data files (hashed for the
-    cache keys) and, for each experiment that will run, what it needs from this machine. One message lists
-    every problem; returns the cache keys by experiment."""
+    cache keys) and, for each experiment that will run, what it needs from this machine (its GPU only where
+    local_device). One message lists every problem; returns the cache keys by experiment."""
     keys, problems, checked = {}, {}, {}
     for config in configs:
         try:
             keys[config["name"]] = key = cache_key(config)
-            found = environment_problems(config, checked) if force or not cache.is_fresh(config, key) else []
+            fresh = not force and cache.is_fresh(config, key)
+            found = [] if fresh else environment_problems(config, checked, local_device)
         except NlilabError as exc:
             found = [str(exc)]
         for message in found:

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 
+from nlilab.errors import NlilabError, ParamsError
 from nlilab.params import Profile, load_profile, with_output_dirs
 from nlilab.run import cache
 from nlilab.run.execute import Outcome, run_experiment
@@ -18,24 +19,37 @@ from nlilab.run.workers import (
     write_schedules,
 )
 
+EXECUTORS = ("local", "ray")
+
 
 def run_profile(profile: str | Profile, force: bool = False, only: list[str] | None = None,
-                results_dir=None, reports_dir=None, render: bool = True, jobs: int | str = "auto") -> list[Outcome]:
+                results_dir=None, reports_dir=None, render: bool = True, jobs: int | str = "auto",
+                executor: str = "local", address: str | None = None) -> list[Outcome]:
+    """Every experiment of the profile (or of `only`) that is not fresh, then the report. executor "local":
+    on this machine (run_sequential, or run_parallel when several run at once); "ray": as Ray tasks on the
+    cluster at `address` (nlilab.run.ray_executor); the cache, the failure records and the report are the
+    same either way."""
+    if executor not in EXECUTORS:
+        raise NlilabError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "ray":
+        from nlilab.run.ray_executor import import_ray, run_ray
+
+        import_ray()  # before the profile's validation and the preflight's hashing: a missing extra is said at once
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     names = list(prof.experiments)
     if only:
         unknown = [n for n in only if n not in prof.experiments]
         if unknown:
-            from nlilab.errors import ParamsError
-
             raise ParamsError(f"{prof.path}: --only names unknown experiment(s) {', '.join(unknown)}; "
                               f"the profile has {', '.join(names)}")
         names = [n for n in names if n in only]
     configs = [with_output_dirs(prof, name, results_dir, reports_dir) for name in names]
-    keys = preflight(prof, configs, force)
+    # the GPUs of a Ray cluster are not this machine's: the Ray executor checks the cluster's instead
+    keys = preflight(prof, configs, force, local_device=executor == "local")
     pending = [c for c in configs if force or not cache.is_fresh(c, keys[c["name"]])]
-    workers = resolve_jobs(jobs, pending)
-    if workers > 1:
+    if executor == "ray":
+        outcomes = run_ray(configs, pending, force, address=address, jobs=jobs)
+    elif (workers := resolve_jobs(jobs, pending)) > 1:
         outcomes = run_parallel(configs, pending, workers, force)
     else:
         outcomes = run_sequential(configs, force)

@@ -15,25 +15,18 @@ import numpy as np
 from nlilab import EVAL_SPLITS
 from nlilab.data.nli import HELD_OUT
 from nlilab.errors import NlilabError
-from nlilab.evaluation.metrics import is_collapsed, majority_baseline, score
+from nlilab.evaluation.metrics import score
 from nlilab.progress import text_mode, trainer_callbacks
-from nlilab.results import (
-    atomic_write_json,
-    count_parameters,
-    dir_size_bytes,
-    peak_memory_mb,
-    read_json,
-)
+from nlilab.results import count_parameters, dir_size_bytes, peak_memory_mb
 from nlilab.training.costs import (
     WINDOW_REPEATS,
     WINDOW_WARMUP,
     SeedMeter,
-    cost_summary,
     step_lock_callback,
     training_window,
 )
 
-RUN_FILE = "run.json"
+CHECKPOINTS = "checkpoints"
 
 
 # ------------------------------------------------------------------------------------------------ device
@@ -99,7 +92,7 @@ def training_arguments(config: dict, run_dir: Path, seed: int, device: str, lear
 
     train = config["train"]
     kwargs = dict(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(run_dir / CHECKPOINTS),
         num_train_epochs=train["epochs"],
         max_steps=train["max_steps"] or -1,
         per_device_train_batch_size=train["batch_size"],
@@ -140,7 +133,7 @@ def _last_checkpoint(run_dir: Path) -> str | None:
     import re
 
     found = []
-    for path in (run_dir / "checkpoints").glob("checkpoint-*"):
+    for path in (run_dir / CHECKPOINTS).glob("checkpoint-*"):
         step = re.fullmatch(r"checkpoint-(\d+)", path.name)
         try:
             json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
@@ -209,13 +202,10 @@ def fit_and_evaluate(model, tokenizer, tokenized: dict, data, config: dict, seed
                      save=None, learning_rate: float | None = None, keep_model: bool = True,
                      window: bool = False) -> dict:
     """Train one seed (resuming from its last checkpoint if a previous run was killed), score the held-out
-    validation split and both test splits once, save what reuse needs, and write `run.json` atomically. A
-    finished seed is read back, not rerun. `window`: time the method first (see `method_window`)."""
+    validation split and both test splits once, save what reuse needs, and return the seed's result (the
+    experiment writes it as run.json, then calls `remove_checkpoints`). `window`: time the method first (see
+    `method_window`)."""
     run_dir = Path(run_dir)
-    finished = read_json(run_dir / RUN_FILE)
-    if finished is not None:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # left if killed just after run.json
-        return finished
     window = window and config["train"]["window_steps"] > 0
     timed = method_window(model, tokenizer, tokenized, config, seed, learning_rate) if window else None
     trainer = build_trainer(model, tokenizer, tokenized, config, seed, run_dir, learning_rate)
@@ -245,44 +235,11 @@ def fit_and_evaluate(model, tokenizer, tokenized: dict, data, config: dict, seed
     run["disk_size_bytes"] = dir_size_bytes(model_dir)
     if not keep_model:
         shutil.rmtree(model_dir, ignore_errors=True)
-    atomic_write_json(run_dir / RUN_FILE, run)
-    # Checkpoints exist only to survive a crash; once run.json is written they are dead weight. (Deleted after
-    # it, not before: a kill while deleting gigabytes must not cost the finished seed.)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return run
 
 
-def baselines(data) -> dict:
-    return {split: majority_baseline(data["train"]["label"], data[split]["label"]) for split in EVAL_SPLITS}
+def remove_checkpoints(run_dir: Path) -> None:
+    """Checkpoints exist only to survive a crash; once the seed's run.json is written they are dead weight.
+    (Deleted after it, not before: a kill while deleting gigabytes must not cost the finished seed.)"""
+    shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
 
-
-def flag_collapse(summary: dict, baseline: dict) -> bool:
-    return any(is_collapsed(summary[s]["accuracy"], baseline[s]["accuracy"]) for s in EVAL_SPLITS)
-
-
-def selection_record(data, what: str = "nothing") -> dict:
-    return {"split": HELD_OUT, "rows": len(data[HELD_OUT]), "what": what,
-            "test_splits": list(EVAL_SPLITS), "note": "the test splits are scored once per final model"}
-
-
-def summarize(runs: list[dict], data) -> dict:
-    """The experiment-level metrics.json body from its per-seed runs: means, spreads, collapse flag."""
-    from nlilab.evaluation.metrics import aggregate_split, mean_history
-
-    base = baselines(data)
-    out = {split: aggregate_split([r[split] for r in runs]) for split in (HELD_OUT, *EVAL_SPLITS)}
-    out["selection"] = selection_record(data)
-    out["majority_baseline"] = base
-    out["collapsed"] = flag_collapse(out, base)
-    out["history"] = mean_history([r["history"] for r in runs])
-    for key in ("trainable_params", "total_params", "trainable_share", "disk_size_bytes"):
-        out[key] = runs[0].get(key)
-    for key in ("train_wall_time_s", "train_samples_per_second", "cpu_rss_peak_mb", "gpu_peak_mb"):
-        values = [r[key] for r in runs if r.get(key) is not None]
-        out[key] = float(np.mean(values)) if values else None
-    if all("cost" in r for r in runs):
-        window = next((r["window"] for r in runs if r.get("window")), None)
-        out["cost"] = cost_summary([r["cost"] for r in runs], window)
-    out["seeds"] = [r["seed"] for r in runs]
-    out["runs"] = runs
-    return out
