@@ -48,7 +48,7 @@ $(RAY_STAMP): $(STAMP)
 	@touch $(RAY_STAMP)
 
 test: $(STAMP) $(RAY_STAMP) browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The peer of the prompt-scoring benchmark (bench/prompt_scoring.py); not needed to run or test nlilab.
 bench-env: $(STAMP)
