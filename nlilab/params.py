@@ -40,7 +40,8 @@ class Shared(Block):
 
     seed: Integer = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 where the GPU or CPU computes it natively, else fp16 (GPU) or fp32 (nlilab.training.precision)
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     data: DataConfig = Field(default_factory=DataConfig)
     results_dir: Text = "results"
     reports_dir: Text = "reports"

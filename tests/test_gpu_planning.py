@@ -123,3 +123,29 @@ def test_gated_or_refused_models_say_how_to_get_access(monkeypatch, raised, word
     assert "meta-llama/Meta-Llama-3-8B-Instruct" in message
     for word in words:
         assert word in message, word
+
+
+# ------------------------------------------------------------------------------------------------ precision: auto, wired
+@pytest.mark.parametrize("flags, expected", [({"avx2", "avx512_bf16"}, "bf16"), ({"avx2"}, "fp32")])
+def test_auto_is_resolved_once_for_the_machine_and_recorded(monkeypatch, flags, expected):
+    from nlilab.training import precision
+    from nlilab.training.trainer import resolve_device
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    config = {"name": "qlora", "device": "cpu", "precision": "auto", "compute_dtype": "auto"}
+    assert resolve_device(config) == "cpu"
+    assert config["precision"] == expected and config["compute_dtype"] == expected
+    assert config["precision_choice"]["requested"] == "auto" and "processor" in config["precision_choice"]["why"]
+    assert resolve_device(config) == "cpu" and config["precision"] == expected  # a second call changes nothing
+
+
+def test_a_profile_may_ask_for_auto_precision(tmp_path):
+    from nlilab import params
+
+    path = tmp_path / "auto.yaml"
+    path.write_text("shared: {precision: auto, data: {source: bundled}}\n"
+                    "experiments:\n  full_finetune: {notebook: 10_full_finetune, model: minilm}\n"
+                    "  qlora: {notebook: 21_qlora, model: smollm2, compute_dtype: auto}\n")
+    prof = params.load_profile(path)
+    assert prof.experiments["full_finetune"]["precision"] == "auto"
+    assert prof.experiments["qlora"]["compute_dtype"] == "auto"

@@ -173,6 +173,8 @@ class Experiment:
         """Prepare, run every seed, summarize, add the model, method and data records, write metrics.json."""
         self.prepare()
         metrics = self.measure()
+        if self.config.get("precision_choice"):  # `precision: auto`: what this machine got, and why
+            metrics["precision_choice"] = self.config["precision_choice"]
         metrics.update(model_record(self.config, self.resolved), method=self.method(),
                        method_label=self.label(metrics), **self.record(metrics), **data_record(self.data))
         write_metrics(self.config, metrics)

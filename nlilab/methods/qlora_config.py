@@ -43,7 +43,7 @@ class QLoraExperiment(ModelBlock):
     # Where bitsandbytes cannot quantize on this machine: true falls back to unquantized weights and records it
     # (quantization: none + a note); false stops with an error.
     fallback: Flag = False
-    compute_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    compute_dtype: Literal["bf16", "fp16", "fp32", "auto"] = "bf16"  # auto: the run's precision
     double_quant: Flag = True
     # The input embedding table in NF4 too (QLoRA leaves it in 16 bits); needs quantization: nf4.
     quantize_embeddings: Flag = False

@@ -32,7 +32,7 @@ def environment_problems(config: dict, checked: dict | None = None, local_device
     checked = {} if checked is None else checked
     checks = []
     if local_device and config["kind"] != "data" and (config.get("device") == "cuda"
-                                                     or config.get("precision", "fp32") != "fp32"):
+                                                     or config.get("precision", "fp32") not in ("fp32", "auto")):
         from nlilab.training.trainer import (
             resolve_device,  # imports torch: only when a GPU may be needed
         )

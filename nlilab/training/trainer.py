@@ -15,6 +15,7 @@ import numpy as np
 from nlilab import EVAL_SPLITS
 from nlilab.data.nli import HELD_OUT
 from nlilab.errors import NlilabError
+from nlilab.training.precision import compute_dtype, precision_record
 from nlilab.evaluation.metrics import score
 from nlilab.progress import text_mode, trainer_callbacks
 from nlilab.results import count_parameters, dir_size_bytes, peak_memory_mb
@@ -40,6 +41,11 @@ def resolve_device(config: dict) -> str:
         raise NlilabError(f"experiment '{config['name']}': device is 'cuda' but no GPU is visible; "
                           "set device: auto or cpu, or use the cpu profile")
     device = "cuda" if device == "auto" and has_cuda else ("cpu" if device == "auto" else device)
+    if config.get("precision") == "auto":  # chosen once, for this machine; the choice and its reason are recorded
+        config["precision_choice"] = precision_record("auto", device)
+        config["precision"] = config["precision_choice"]["precision"]
+    if config.get("compute_dtype") == "auto":  # QLoRA's 4-bit weights are dequantized to the run's precision
+        config["compute_dtype"] = compute_dtype("auto", config.get("precision", "fp32"))
     if config.get("precision") == "fp16" and device != "cuda":
         raise NlilabError(f"experiment '{config['name']}': precision fp16 needs a GPU and none is visible; "
                           "use precision: fp32 (or bf16) on the CPU")
