@@ -2,14 +2,16 @@
 
 Same model (the embedded SmolLM2, fp32, CPU), same real MultiNLI dev-matched rows, the harness's MNLI template in
 both, and the very same requests: nlilab renders each context, and the harness way scores that context with each
-of the three continuations (" True", " Neither", " False"). Reported: examples per second of each, the ratio, the
-share of identical predictions, the largest log-likelihood difference and both accuracies.
+of the three continuations (" True", " Neither", " False"). Reported: examples per second of each (and CPU
+seconds), the ratio, the share of identical predictions, the largest log-likelihood difference, both accuracies.
+Each side is warmed up on one batch first, untimed; `--repeat N` measures both N times, alternating.
 
 Zero-shot (`--shots 0`, the default) compares with lm-evaluation-harness itself (`HFLM.loglikelihood`). One-shot
 (`--shots 1`) puts the same training demonstration before every row (`choose_demos(..., rotate=False)`, drawn by
 `--demo-seed`): nlilab computes it once and reuses its keys and values (the shared-prefix cache), the harness
 recomputes it inside every request. Its peer is `harness_way` below, the harness's loglikelihood path rewritten
-from how it behaves (so it runs without lm_eval installed); `--peer lm_eval` uses the real one for either.
+from how it behaves (so it runs without lm_eval installed); `--peer lm_eval` uses the real one for either, and
+`--peer harness_way` the rewrite for either (on zero-shot: a check of the rewrite against the real one's figures).
 
     pip install lm_eval==0.4.13          # only for --peer lm_eval (`make bench-env` does it)
     NLILAB_MNLI_DIR=/path/to/mnli .venv/bin/python bench/prompt_scoring.py [--rows 500] [--shots 1] [--repeat 2]
@@ -20,6 +22,7 @@ Writes bench/out/prompt_scoring.json (bench/out/prompt_scoring_1shot.json with -
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -38,14 +41,9 @@ from nlilab.prompting.prompts import build_context, load_prompt  # noqa: E402
 from nlilab.prompting.scoring import LoglikScorer, encode_requests  # noqa: E402
 from nlilab.training.costs import LOCK_ENV  # noqa: E402
 
-SHARED_MNLI = Path("/work/shared/data/mnli")
-
-
 # ================================================================================================ the rows
 def load_rows(rows: int, seed: int):
-    """Real MultiNLI: $NLILAB_MNLI_DIR, else the shared copy on the development machine, else the bundled set."""
-    if not os.environ.get("NLILAB_MNLI_DIR") and (SHARED_MNLI / "validation_matched.jsonl").is_file():
-        os.environ["NLILAB_MNLI_DIR"] = str(SHARED_MNLI)
+    """Real MultiNLI from $NLILAB_MNLI_DIR when it is set, else the bundled set."""
     source = "local" if os.environ.get("NLILAB_MNLI_DIR") else "bundled"
     data = load_nli({"source": source, "local_dir": None, "hub_id": "", "train_limit": None, "eval_limit": rows},
                     seed=seed)
@@ -53,8 +51,10 @@ def load_rows(rows: int, seed: int):
     return data, where
 
 
-def contexts_for(prompt, ds, demos=()) -> list[str]:
-    return [build_context(prompt, p, h, demos) for p, h in zip(ds["premise"], ds["hypothesis"])]
+def contexts_for(prompt, ds, plan=None) -> list[str]:
+    """Each row's context, after its demonstration when there is a plan (`DemoPlan.for_example`)."""
+    return [build_context(prompt, p, h, plan.for_example(i) if plan else ())
+            for i, (p, h) in enumerate(zip(ds["premise"], ds["hypothesis"]))]
 
 
 def one_shot_plan(data, demo_seed: int, rotate: bool):
@@ -226,6 +226,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     peer_name = args.peer or ("lm_eval" if args.shots == 0 else "harness_way")
+    if peer_name == "lm_eval" and importlib.util.find_spec("lm_eval") is None:
+        parser.error("lm_eval is not installed: `make bench-env` installs it, or pass --peer harness_way")
     out_path = Path(args.out or Path(__file__).parent / "out" / (
         "prompt_scoring.json" if args.shots == 0 else "prompt_scoring_1shot.json"))
     # nlilab's scorer pauses between batches while another nlilab process times itself (training.costs); the
@@ -238,12 +240,8 @@ def main(argv=None) -> int:
     prompt = load_prompt("harness_mnli")
     path = resolve_model("smollm2").path
     plan = one_shot_plan(data, args.demo_seed, args.rotate_demo_labels) if args.shots else None
-    if plan is None:
-        contexts, groups = contexts_for(prompt, ds), [0] * len(ds)
-    else:
-        contexts = [build_context(prompt, p, h, plan.for_example(i))
-                    for i, (p, h) in enumerate(zip(ds["premise"], ds["hypothesis"]))]
-        groups = [plan.group(i) for i in range(len(ds))]
+    contexts = contexts_for(prompt, ds, plan)
+    groups = [plan.group(i) if plan else 0 for i in range(len(ds))]
 
     def peer_run():
         if peer_name == "lm_eval":
