@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reliability"))
-from rel_helpers import make_profile, snapshot, stray_tmp_files, write_mnli  # noqa: E402
+from rel_helpers import snapshot, stray_tmp_files, torn_row_profile  # noqa: E402
 
 from nlilab import cli  # noqa: E402
 from nlilab.results import read_json  # noqa: E402
@@ -24,16 +24,7 @@ from nlilab.run import cache, execute
 @pytest.mark.parametrize("jobs", ["1", "2"])  # one after the other in this process; two worker processes at once
 def test_failing_notebook_is_isolated_then_rerun_alone(tmp_path, capsys, monkeypatch, jobs):
     monkeypatch.setattr(cache, "PACKAGE_DIR", snapshot(tmp_path))
-    files = write_mnli(tmp_path / "mnli")
-    good = files["train"].read_bytes()
-    lines = good.splitlines(keepends=True)
-    lines[2] = b'{"pairID": "p2", "premise": "A woman slices bread\n'  # a torn line
-    files["train"].write_bytes(b"".join(lines))
-    path = make_profile(tmp_path, edit=lambda raw: raw.update(experiments={
-        "local_data": {"notebook": "00_data", "examples": 1,
-                       "data": {"source": "local", "local_dir": str(tmp_path / "mnli")}},
-        "data": {"notebook": "00_data", "examples": 1},
-    }))
+    path, train, good = torn_row_profile(tmp_path)
     results = tmp_path / "results" / "rel"
 
     rc = cli.main(["run", "--profile", str(path), "--jobs", jobs])
@@ -47,7 +38,7 @@ def test_failing_notebook_is_isolated_then_rerun_alone(tmp_path, capsys, monkeyp
     assert "1 experiment(s) failed: local_data" in err
     last = failure["error"].strip().splitlines()[-1]
     # bad input raised in the notebook: its one-line message, without the kernel's traceback
-    assert failure["error"] == last and last.startswith(f"DataError: {files['train']}:3: invalid JSON"), failure
+    assert failure["error"] == last and last.startswith(f"DataError: {train}:3: invalid JSON"), failure
     assert not (results / "local_data" / "metrics.json").exists()
     finished = read_json(results / "data" / "metrics.json")
     assert finished["status"] == "ok"
@@ -55,7 +46,7 @@ def test_failing_notebook_is_isolated_then_rerun_alone(tmp_path, capsys, monkeyp
     assert "FAILED: local_data" in page and html.escape(last) in page
     assert stray_tmp_files(tmp_path) == []
 
-    files["train"].write_bytes(good)
+    train.write_bytes(good)
     rc = cli.main(["run", "--profile", str(path), "--jobs", jobs])
     out, err = capsys.readouterr()
     with capsys.disabled():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reliability"))
-from rel_helpers import make_profile, snapshot, stray_tmp_files, write_mnli  # noqa: E402
+from rel_helpers import make_profile, snapshot, stray_tmp_files, torn_row_profile  # noqa: E402
 
 from nlilab import cli  # noqa: E402
 from nlilab.errors import NlilabError  # noqa: E402
@@ -103,16 +103,7 @@ def test_a_failing_experiment_is_isolated_then_rerun_alone(tmp_path, capsys, mon
     """As tests/test_reliability_isolation.py, through Ray: the torn row fails its experiment only; the report
     shows it; after the fix exactly that experiment reruns."""
     monkeypatch.setattr(cache, "PACKAGE_DIR", snapshot(tmp_path))
-    files = write_mnli(tmp_path / "mnli")
-    good = files["train"].read_bytes()
-    lines = good.splitlines(keepends=True)
-    lines[2] = b'{"pairID": "p2", "premise": "A woman slices bread\n'
-    files["train"].write_bytes(b"".join(lines))
-    path = make_profile(tmp_path, edit=lambda raw: raw.update(experiments={
-        "local_data": {"notebook": "00_data", "examples": 1,
-                       "data": {"source": "local", "local_dir": str(tmp_path / "mnli")}},
-        "data": {"notebook": "00_data", "examples": 1},
-    }))
+    path, train, good = torn_row_profile(tmp_path)
     results = tmp_path / "results" / "rel"
 
     rc, out, err, _ = _run(["run", "--profile", str(path), "--executor", "ray"], capsys)
@@ -120,12 +111,12 @@ def test_a_failing_experiment_is_isolated_then_rerun_alone(tmp_path, capsys, mon
     assert "done: local_data: failed, data: ran" in out
     assert "1 experiment(s) failed: local_data" in err
     error = read_json(results / "local_data" / "failure.json")["error"]
-    assert error.startswith(f"DataError: {files['train']}:3: invalid JSON"), error
+    assert error.startswith(f"DataError: {train}:3: invalid JSON"), error
     assert read_json(results / "data" / "metrics.json")["status"] == "ok"
     page = (tmp_path / "reports" / "rel" / "index.html").read_text(encoding="utf-8")
     assert "FAILED: local_data" in page and html.escape(error) in page
 
-    files["train"].write_bytes(good)
+    train.write_bytes(good)
     rc, out, err, _ = _run(["run", "--profile", str(path), "--executor", "ray"], capsys)
     assert rc == 0, err
     assert "done: local_data: ran, data: skipped" in out
