@@ -31,7 +31,7 @@ def _run(args) -> int:
 
     outcomes = run_profile(args.profile, force=args.force, only=args.only, results_dir=args.results_dir,
                            reports_dir=args.reports_dir, jobs=args.jobs, executor=args.executor,
-                           address=args.address)
+                           address=args.address, processes=args.processes, machine_rank=args.machine_rank)
     failed = [o.experiment for o in outcomes if o.status == "failed"]
     summary = ", ".join(f"{o.experiment}: {o.status}" for o in outcomes)
     print(f"done: {summary}")
@@ -41,16 +41,23 @@ def _run(args) -> int:
     return 0
 
 
+def _whole(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
+    return value
+
+
 def _jobs(text: str):
     if text == "auto":
         return text
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number or 'auto', got {text!r}")
-    return value
+        return _whole(text, 1)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number or 'auto', got {text!r}") from None
 
 
 def _report(args) -> int:
@@ -82,6 +89,13 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--executor", choices=("local", "ray"), default="local",
                            help="where the experiments run: on this machine (default), or as Ray tasks on a "
                                 f"Ray cluster (needs `{RAY_INSTALL}`)")
+            p.add_argument("--processes", type=lambda text: _whole(text, 1), metavar="N",
+                           help="processes that train each encoder or QLoRA experiment together, data-parallel, "
+                                "through `accelerate launch` (one per GPU; all machines' together); overrides the "
+                                "profile's `processes` (default: the profile's, 1 unless it says otherwise)")
+            p.add_argument("--machine-rank", type=lambda text: _whole(text, 0), metavar="R",
+                           help="with the profile's launch.num_machines above 1: this machine's place, 0 to "
+                                "num_machines - 1 (overrides launch.machine_rank)")
             p.add_argument("--address", help="with --executor ray: the cluster to connect to, as for ray.init "
                                              "('auto': the one started here with `ray start --head`; "
                                              "default: that one if any, else a new local instance)")

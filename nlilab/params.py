@@ -30,6 +30,7 @@ from nlilab.models.resolve import check_model_name, is_pinned, model_source
 from nlilab.prompting.config import PromptingExperiment
 from nlilab.prompting.prompts import load_prompt
 from nlilab.schema import Block, Integer, Text, expected, field_at, keys_at
+from nlilab.training.config import LaunchConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +44,10 @@ class Shared(Block):
     # auto: bf16 where the GPU or CPU computes it natively, else fp16 (GPU) or fp32 (nlilab.training.precision)
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     data: DataConfig = Field(default_factory=DataConfig)
+    # How many processes train one experiment together, data-parallel (nlilab.training.distributed): the kinds
+    # that train (TRAINED_KINDS) only. A config holds both keys only where processes is above 1 (settle_processes).
+    processes: Integer = Field(1, ge=1)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
     results_dir: Text = "results"
     reports_dir: Text = "reports"
     notebooks_dir: Text = "notebooks"
@@ -68,6 +73,8 @@ NOTEBOOK_KINDS: dict[str, str] = {
 }
 
 TOP_KEYS = ("description", "shared", "experiments")
+TRAINED_KINDS = ("encoder", "qlora")  # the kinds that train, alone or in several processes
+SEVERAL_PROCESSES = ("processes", "launch")  # the keys of a multi-process run
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -126,6 +133,18 @@ def validate_block(kind: str, block: dict, path: str = "block") -> dict:
     config, problems = _validate(SCHEMAS[kind], block, path)
     if problems:
         raise ParamsError("\n".join(problems))
+    return settle_processes(kind, config)
+
+
+def settle_processes(kind: str, config: dict) -> dict:
+    """`processes` and `launch` in an experiment's config only where it runs in several processes: a one-process
+    experiment's config, which its cache key hashes, stays what it was before they existed (so its results stay
+    fresh), and a kind that does not train never has them. Several processes get the launch block's defaults."""
+    if kind in TRAINED_KINDS and config.get("processes", 1) > 1:
+        config.setdefault("launch", LaunchConfig().model_dump())
+    else:
+        for key in SEVERAL_PROCESSES:
+            config.pop(key, None)
     return config
 
 
@@ -302,6 +321,9 @@ def _load_experiment(name: str, block, shared: dict, profile_path: Path, errors:
     errors.extend(problems)
     if config is None:
         return None
+    # checked before settle_processes leaves them out (`shared` may set them for the kinds that train)
+    errors.extend(launch_problems(path, config) if kind in TRAINED_KINDS else _one_process_only(path, kind, body))
+    settle_processes(kind, config)
     config.update(name=name, notebook=notebook, kind=kind)
     # A path the profile writes is the writer's: relative to the profile's project, or to its own folder when it
     # sits elsewhere, since a profile kept beside its data names that data relative to itself. The notebooks,
@@ -314,6 +336,52 @@ def _load_experiment(name: str, block, shared: dict, profile_path: Path, errors:
             config[key] = str((base / config[key]).resolve())
     if isinstance(config.get("data", {}).get("local_dir"), str):
         config["data"]["local_dir"] = str((root / config["data"]["local_dir"]).resolve())
+    return config
+
+
+def _one_process_only(path: str, kind: str, body: dict) -> list[str]:
+    """An experiment of a kind that does not train, asking for processes of its own: refused, not ignored."""
+    asked = [key for key in SEVERAL_PROCESSES if key in body and (key != "processes" or body[key] != 1)]
+    return [f"{path}.{key}: a {kind} experiment runs in one process; only the experiments that train (encoder "
+            "methods, QLoRA) run in several: remove it" for key in asked]
+
+
+def launch_problems(path: str, config: dict) -> list[str]:
+    """What `processes` and `launch` must agree on, with each other and with the batch (each process takes an
+    equal share of every optimizer step's rows); the rest is accelerate's to check."""
+    processes, launch, errors = config.get("processes", 1), config.get("launch"), []
+    if processes > 1 and "train" in config and config["train"]["batch_size"] % processes:
+        errors.append(f"{path}.train.batch_size: expected a multiple of processes ({processes}): each process "
+                      f"takes batch_size / processes rows of every optimizer step, got "
+                      f"{config['train']['batch_size']}")
+    if not launch or launch["num_machines"] == 1:
+        return errors
+    machines = launch["num_machines"]
+    if processes % machines:
+        errors.append(f"{path}.processes: expected a multiple of launch.num_machines ({machines}): every machine "
+                      f"runs the same number of processes, got {processes}")
+    if launch["machine_rank"] >= machines:
+        errors.append(f"{path}.launch.machine_rank: expected an integer below num_machines ({machines}), got "
+                      f"{launch['machine_rank']}")
+    errors += [f"{path}.launch.{key}: {machines} machines meet at machine 0: set it"
+               for key in ("main_process_ip", "main_process_port") if launch[key] is None]
+    return errors
+
+
+def with_processes(config: dict, processes: int | None = None, machine_rank: int | None = None) -> dict:
+    """`nlilab run --processes N --machine-rank R` over an experiment's config: the kinds that train take them
+    (checked as the profile's own values are), the others are left as they are."""
+    if config["kind"] not in TRAINED_KINDS:
+        return config
+    config = copy.deepcopy(config)
+    if processes is not None:
+        config["processes"] = processes
+    settle_processes(config["kind"], config)
+    if machine_rank is not None and "launch" in config:  # one process: no machines to place
+        config["launch"]["machine_rank"] = machine_rank
+    problems = launch_problems(f"experiments.{config['name']}", config)
+    if problems:
+        raise ParamsError("the command line's --processes/--machine-rank do not fit:\n" + "\n".join(problems))
     return config
 
 

@@ -4,19 +4,18 @@ shapes, built on the meta device: nothing is downloaded."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from nlilab.errors import ModelError
 from nlilab.models import memory, resolve
 from nlilab.training.precision import compute_dtype, cpu_flags, cpu_has_native_bf16, resolve_precision
 
-# config.json fields of the two architectures the paper profile uses
-ROBERTA_LARGE = dict(model_type="roberta", vocab_size=50265, hidden_size=1024, num_hidden_layers=24,
-                     num_attention_heads=16, intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1)
-LLAMA3_8B = dict(model_type="llama", vocab_size=128256, hidden_size=4096, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
-                 max_position_embeddings=8192, tie_word_embeddings=False)
-GB = 10**9
+# config.json fields of the two architectures the paper and gpu profiles use (bundled: nothing is downloaded)
+from nlilab.models.architectures import LLAMA3_8B, ROBERTA_LARGE  # noqa: E402
+
+GB, GiB = 10**9, 2**30
 
 
 # ------------------------------------------------------------------------------------------------ precision
@@ -149,3 +148,86 @@ def test_a_profile_may_ask_for_auto_precision(tmp_path):
     prof = params.load_profile(path)
     assert prof.experiments["full_finetune"]["precision"] == "auto"
     assert prof.experiments["qlora"]["compute_dtype"] == "auto"
+
+
+# ------------------------------------------------------------------------------------------------ memory preflight
+@pytest.fixture(scope="module")
+def gpu_configs():
+    """The gpu profile's experiments as a T4 resolves them (precision auto -> fp16)."""
+    from nlilab import params
+
+    prof = params.load_profile("gpu")
+    return [{**config, "precision": "fp16"} for config in prof.experiments.values()]
+
+
+def test_the_gpu_profile_names_bundled_architectures_so_nothing_is_downloaded_to_size_it(gpu_configs):
+    for config in gpu_configs:
+        if "model" in config:
+            assert memory.model_config(config["model"], config["revision"]) is not None, config["name"]
+    assert memory.model_config("someone/Meta-Llama-3-8B-Instruct") == LLAMA3_8B  # an open copy is sized alike
+
+
+def test_on_a_16_gb_card_llama_prompting_goes_to_4_bit_and_says_so(gpu_configs):
+    from nlilab.run.preflight import memory_plans
+
+    problems, notes = memory_plans(gpu_configs, card=16 * GiB)
+    assert problems == {}
+    prompting = [c["name"] for c in gpu_configs if c["kind"] == "prompting"]
+    assert len(notes) == len(prompting) == 3
+    for name, note in zip(prompting, notes):
+        assert f"experiment '{name}'" in note and "in 16 bits needs about" in note
+        assert "4-bit (NF4) copy" in note and "quantization: auto" in note
+    zero_shot = next(c for c in gpu_configs if c["name"] == "zero_shot")
+    assert memory.plan_experiment(zero_shot, 16 * GiB).weights == "nf4"
+
+
+def test_on_an_80_gb_card_everything_runs_in_16_bits(gpu_configs):
+    from nlilab.run.preflight import memory_plans
+
+    assert memory_plans(gpu_configs, card=80 * GiB) == ({}, [])
+    zero_shot = next(c for c in gpu_configs if c["name"] == "zero_shot")
+    assert memory.plan_experiment(zero_shot, 80 * GiB).weights is None
+
+
+def test_an_oversize_batch_stops_with_one_message_naming_the_experiment_and_the_setting(gpu_configs):
+    from nlilab.run.preflight import memory_plans
+
+    full = next(c for c in gpu_configs if c["name"] == "full_finetune")
+    big = {**full, "train": {**full["train"], "batch_size": 512}}
+    problems, _ = memory_plans([big], card=16 * GiB)
+    (message,) = problems.values()
+    assert "experiment 'full_finetune'" in message and "more than this GPU's 16.0 GiB" in message
+    assert re.search(r"set train\.batch_size to (\d+) or less \(now 512\)", message)
+    fits = int(re.search(r"to (\d+) or less", message).group(1))
+    assert memory_plans([{**full, "train": {**full["train"], "batch_size": fits}}], card=16 * GiB) == ({}, [])
+
+
+def test_16_bit_prompting_that_cannot_fit_names_the_4_bit_setting(gpu_configs):
+    zero_shot = next(c for c in gpu_configs if c["name"] == "zero_shot")
+    plan = memory.plan_experiment({**zero_shot, "quantization": "none"}, 16 * GiB)
+    assert "experiment 'zero_shot'" in plan.problem and "set quantization: auto" in plan.problem
+    assert "no batch size fits" in plan.problem  # the 16-bit weights alone exceed the card
+
+
+def test_the_run_makes_the_preflights_choice_for_the_gpu_it_got(gpu_configs, tmp_path):
+    import json
+
+    from nlilab.prompting.weights import choose_weights
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA3_8B))
+    zero_shot = next(c for c in gpu_configs if c["name"] == "zero_shot")
+    small = choose_weights(zero_shot, str(tmp_path), "cuda", card=16 * GiB)
+    assert small["weights"] == "nf4" and "4-bit (NF4) copy" in small["why"]
+    assert choose_weights(zero_shot, str(tmp_path), "cuda", card=80 * GiB)["weights"] == "fp16"
+    assert choose_weights(zero_shot, str(tmp_path), "cpu")["weights"] == "fp16"  # no 4-bit without a GPU
+
+
+def test_without_a_gpu_the_gpu_profile_is_refused_in_one_line_for_all_its_experiments(gpu_configs, monkeypatch):
+    import torch
+
+    from nlilab.run import preflight
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    full = next(c for c in gpu_configs if c["name"] == "full_finetune")
+    local = {**full, "data": {**full["data"], "source": "bundled"}, "model": "minilm", "revision": None}
+    assert preflight.environment_problems(local) == [preflight.NO_GPU]

@@ -189,7 +189,7 @@ KIND_DEFAULTS = {
                    "chat_template": None, "fewshot_separator": None, "hypothesis_period": None,
                    "add_special_tokens": None, "label_words": None},
         "seeds": None, "rotate_demo_labels": True, "calibration": "none", "content_free_inputs": ["N/A"],
-        "batch_size": 16, "max_length": 2048, "max_new_tokens": 5},
+        "batch_size": 16, "max_length": 2048, "max_new_tokens": 5, "quantization": "none"},
     "qlora": {
         "model": "m", "revision": None, "adapter": "lora", "quantization": "nf4", "fallback": False,
         "compute_dtype": "bf16", "double_quant": True, "quantize_embeddings": False, "gradient_checkpointing": False,

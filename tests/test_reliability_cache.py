@@ -85,6 +85,7 @@ def package_copy(tmp_path, monkeypatch):
     ("methods/encoder", {"full_finetune"}),      # reached through the encoder driver's imports
     ("methods/pooling", {"full_finetune"}),
     ("training/trainer", {"full_finetune"}),
+    ("experiments/launched", {"full_finetune"}),  # started as processes (`processes` above 1), not imported
     ("notebook", {"data", "full_finetune"}),     # every notebook's display calls
     ("report/views", {"data", "full_finetune"}),  # reached through nlilab.notebook
     ("data/nli", {"data", "full_finetune"}),     # both notebooks load data

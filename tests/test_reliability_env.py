@@ -93,7 +93,7 @@ def test_gpu_only_setting_refused(tmp_path, capsys, no_notebook, setting, expect
     rc = cli.main(["run", "--profile", str(path)])
     err = capsys.readouterr().err
     print(err)
-    _assert_clean(rc, err, path, f"experiments full_finetune: experiment 'full_finetune': {expected}")
+    _assert_clean(rc, err, path, "experiments full_finetune: ", expected)
     assert "experiments data" not in err  # the data step needs no GPU
 
 

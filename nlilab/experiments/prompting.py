@@ -43,6 +43,7 @@ from nlilab.prompting.scoring import (
     content_free_bias,
     encode_requests,
 )
+from nlilab.prompting.weights import load_kwargs
 from nlilab.results import count_parameters, peak_memory_mb
 from nlilab.training.costs import SeedMeter, scoring_window
 from nlilab.training.trainer import resolve_device
@@ -50,14 +51,16 @@ from nlilab.training.trainer import resolve_device
 
 # ============================================================================================= experiment
 def load_model(path: str, config: dict, device: str):
-    """Tokenizer and causal LM in the profile's precision, in eval mode, on `device`."""
-    import torch
+    """Tokenizer and causal LM in the profile's precision (or a 4-bit copy, nlilab.prompting.weights), in eval
+    mode, on `device`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config["precision"]]
+    kwargs = load_kwargs(config, path, device)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    return tokenizer, model
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if "device_map" not in kwargs:  # a 4-bit model is placed on its GPU as it loads
+        model = model.to(device)
+    return tokenizer, model.eval()
 
 
 def experiment_prompt(config: dict) -> Prompt:

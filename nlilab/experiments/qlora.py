@@ -13,6 +13,7 @@ from nlilab.methods.qlora import (
     tokenize,
 )
 from nlilab.models.resolve import resolve_model
+from nlilab.training.distributed import rank_device
 from nlilab.training.trainer import resolve_device
 
 ADAPTER_WORDS = {"lora": "LoRA", "bottleneck": "bottleneck adapters"}
@@ -34,7 +35,7 @@ def footprint_record(notes: dict, path: str) -> dict:
 class QLoRA(Trained):
     def prepare(self) -> None:
         config = self.config
-        self.device = resolve_device(config)
+        self.device = rank_device(resolve_device(config))  # each process of several: its own GPU, its own copy
         self.resolved = resolve_model(config["model"], config.get("revision"))
         self.quant = plan_quantization(config, self.device)
         self.data = load_nli(config["data"], seed=config["seed"])

@@ -6,6 +6,9 @@ than the shared summary it extends `summarize` and `record`. `Experiment.run` is
 
 A seed's result is its folder's run.json, written atomically once the seed has finished: a rerun reads it back
 instead of running the seed again, so a killed run resumes at its first unfinished seed.
+
+In an experiment trained by several processes (nlilab.training.distributed) every process runs this loop and only
+rank 0 writes: run.json, metrics.json, and the tidying up.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from nlilab.evaluation.metrics import (
 from nlilab.params import experiment_seeds
 from nlilab.results import atomic_write_json, experiment_dir, read_json, write_metrics
 from nlilab.training.costs import cost_summary
+from nlilab.training.distributed import is_main
 
 RUN_FILE = "run.json"
 # What a seed's model is, the same for every seed of an experiment: read from the first seed.
@@ -157,8 +161,10 @@ class Experiment:
         run = read_run(run_dir)
         if run is None:
             run = self.run_seed(seed, run_dir, index, **options)
-            write_run(run_dir, run)
-        self.tidy(run_dir)
+            if is_main():
+                write_run(run_dir, run)
+        if is_main():
+            self.tidy(run_dir)
         return run
 
     def run_seeds(self, out_dir, **options) -> list[dict]:
@@ -177,5 +183,6 @@ class Experiment:
             metrics["precision_choice"] = self.config["precision_choice"]
         metrics.update(model_record(self.config, self.resolved), method=self.method(),
                        method_label=self.label(metrics), **self.record(metrics), **data_record(self.data))
-        write_metrics(self.config, metrics)
+        if is_main():
+            write_metrics(self.config, metrics)
         return metrics

@@ -1,5 +1,7 @@
 """What the kinds that train a classifier (encoder methods, QLoRA) share: a seed builds its model after seeding,
-trains and scores it with the shared Trainer, and records the method's notes beside its scores."""
+trains and scores it with the shared Trainer, and records the method's notes beside its scores. With `processes`
+above 1 the experiment is trained by that many processes (nlilab.training.distributed), each running
+nlilab.experiments.launched, and `run` returns what their rank 0 wrote."""
 
 from __future__ import annotations
 
@@ -7,7 +9,12 @@ from pathlib import Path
 
 from nlilab.errors import NlilabError
 from nlilab.experiments.skeleton import Experiment
-from nlilab.training.trainer import fit_and_evaluate, remove_checkpoints
+from nlilab.models.resolve import resolve_model
+from nlilab.training import distributed
+from nlilab.training.trainer import fit_and_evaluate, remove_checkpoints, resolve_device
+
+# What each process of a multi-process experiment runs (`python -m`); named, not imported: it imports the kinds.
+ENTRY = "nlilab.experiments.launched"
 
 
 def keeps_model(config: dict, index: int) -> bool:
@@ -32,6 +39,16 @@ class Trained(Experiment):
     def build(self):
         raise NotImplementedError
 
+    def run(self) -> dict:
+        """In this process, or (`processes` above 1) in processes launched for it: the same metrics.json."""
+        if not distributed.launches(self.config):
+            return super().run()
+        # Refused here rather than in every process: a GPU-only setting without a GPU, a model that cannot be
+        # had. Resolving the model once also converts or downloads it once, not once per process.
+        device = resolve_device(self.config)
+        resolve_model(self.config["model"], self.config.get("revision"))
+        return distributed.launch(self.config, ENTRY, device)
+
     def run_seed(self, seed: int, run_dir: Path, index: int, learning_rate: float | None = None) -> dict:
         from transformers import set_seed
 
@@ -47,4 +64,4 @@ class Trained(Experiment):
         remove_checkpoints(run_dir)
 
     def record(self, metrics: dict) -> dict:
-        return {"method_notes": method_notes(metrics["runs"])}
+        return {"method_notes": method_notes(metrics["runs"]), "launch": distributed.launch_record(self.config)}

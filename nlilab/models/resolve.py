@@ -260,7 +260,7 @@ def weights_identity(name: str, revision: str | None = None) -> dict:
 LORA_LAYER_TYPES = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv1D")  # what PEFT's LoRA can wrap
 
 
-def _local_config(name: str):
+def local_config(name: str):
     """The transformers config of a local model (an embedded alias or a folder), read without the weights."""
     from transformers import AutoConfig
 
@@ -283,7 +283,7 @@ def adaptable_modules(name: str) -> tuple[str, ...]:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    config = _local_config(name)
+    config = local_config(name)
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
     return tuple(n for n, m in model.named_modules() if n and type(m).__name__ in LORA_LAYER_TYPES)

@@ -42,5 +42,10 @@ class PromptingExperiment(ModelBlock):
     # what contextual calibration scores in place of a pair
     content_free_inputs: NonEmptyList[Text] = ["N/A"]  # noqa: RUF012 - pydantic copies it
     batch_size: Integer = Field(16, ge=1)
+    # the longest context kept (longer ones lose their start); the memory preflight sizes a batch of these
     max_length: Integer = Field(2048, ge=16)
+    # The model's weights on a GPU: none = the run's 16-bit precision; nf4 = a 4-bit copy (bitsandbytes);
+    # auto = 16 bits where the memory preflight finds they fit the GPU, else the 4-bit copy, and says so
+    # (nlilab.models.memory.plan_experiment). Ignored on the CPU.
+    quantization: Literal["none", "auto", "nf4"] = "none"
     max_new_tokens: Integer = Field(5, ge=1)

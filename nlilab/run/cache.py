@@ -24,6 +24,8 @@ VALIDATION_IMPORTS = {"params": {"prompting.prompts", "schema", "data.config", "
                                  "methods.config", "methods.qlora_config", "prompting.config"}}
 # Files inside the package that a module reads at run time: part of the source of whatever uses that module.
 PACKAGE_DATA = {"prompting.prompts": ("prompting/prompts",)}
+# Modules that a module starts as processes (`python -m ...`) rather than imports: as much its source as an import.
+STARTED = {"experiments.trained": {"experiments.launched"}}
 
 
 # ------------------------------------------------------------------------------------------------ cache keys
@@ -65,6 +67,7 @@ def _module_imports(module: str) -> set[str]:
     found = {m for m in found if module_file(m)}
     # a submodule's import runs its packages' __init__ first
     found |= {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
+    found |= STARTED.get(module, set())
     return {m for m in found if module_file(m)} - VALIDATION_IMPORTS.get(module, set()) - {module}
 
 

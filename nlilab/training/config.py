@@ -1,9 +1,12 @@
 """The `train:` block of a profile (read by nlilab.training.trainer): the optimizer run of the encoder methods and
-of QLoRA."""
+of QLoRA; and the `launch:` block (read by nlilab.training.distributed): what `accelerate launch` is told when
+several processes train one experiment."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
+
+from pydantic import Field, Strict
 
 from nlilab.schema import (
     Block,
@@ -12,6 +15,7 @@ from nlilab.schema import (
     Integer,
     NonNegativeNumber,
     PositiveNumber,
+    Text,
 )
 
 
@@ -31,3 +35,18 @@ class TrainConfig(Block):
     # the exclusive timing window's optimizer steps (nlilab.training.costs.training_window), once per experiment;
     # 0: none
     window_steps: Integer = Field(12, ge=0)
+
+
+class LaunchConfig(Block):
+    """Passed through to `accelerate launch` as written, when `processes` is above 1: the machines of a run that
+    spans several, and where they meet. `processes` counts every machine's processes together."""
+
+    num_machines: Integer = Field(1, ge=1)
+    # each machine's own place (0 holds rank 0, which writes the results); `nlilab run --machine-rank` sets it
+    machine_rank: Integer = Field(0, ge=0)
+    main_process_ip: Text | None = Field(None, description="machine 0's address (a string), or null")
+    # null: a free port, found on the one machine (two experiments launched at once must not share one)
+    main_process_port: Integer | None = Field(None, ge=1, le=65535)
+    same_network: Flag = False
+    # any further options of `accelerate launch`, each as its command line writes it (["--rdzv_backend", "c10d"])
+    extra_args: Annotated[list[Text], Strict()] = []  # noqa: RUF012 - pydantic copies it

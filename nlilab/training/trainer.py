@@ -2,7 +2,9 @@
 
 Shared by every trained method (full, top layers, LoRA, prompts, QLoRA): the method decides which parameters
 train; this module decides how (dynamic padding, length-grouped batches, per-epoch evaluation, checkpoints that
-a rerun resumes from) and measures the run (history, wall time, throughput, peak memory, size on disk).
+a rerun resumes from) and measures the run (history, wall time, throughput, peak memory, size on disk). The same
+code runs in each process of a multi-process experiment (nlilab.training.distributed): there the Trainer trains
+data-parallel, predictions are gathered from every process, and only rank 0 saves.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from nlilab.training.precision import compute_dtype, precision_record
 from nlilab.evaluation.metrics import score
 from nlilab.progress import text_mode, trainer_callbacks
 from nlilab.results import count_parameters, dir_size_bytes, peak_memory_mb
+from nlilab.training import distributed
 from nlilab.training.costs import (
     WINDOW_REPEATS,
     WINDOW_WARMUP,
@@ -28,6 +31,7 @@ from nlilab.training.costs import (
 )
 
 CHECKPOINTS = "checkpoints"
+ROW = "nlilab_row"  # each scored row's index, carried through prediction and back (predict_rows)
 
 
 # ------------------------------------------------------------------------------------------------ device
@@ -101,7 +105,7 @@ def training_arguments(config: dict, run_dir: Path, seed: int, device: str, lear
         output_dir=str(run_dir / CHECKPOINTS),
         num_train_epochs=train["epochs"],
         max_steps=train["max_steps"] or -1,
-        per_device_train_batch_size=train["batch_size"],
+        per_device_train_batch_size=distributed.per_process_batch(train["batch_size"]),
         per_device_eval_batch_size=train["eval_batch_size"],
         gradient_accumulation_steps=train["gradient_accumulation_steps"],
         learning_rate=learning_rate or train["learning_rate"],
@@ -123,6 +127,7 @@ def training_arguments(config: dict, run_dir: Path, seed: int, device: str, lear
         fp16=config.get("precision") == "fp16",
         dataloader_num_workers=0,
         disable_tqdm=text_mode(),  # under the runner, progress lines instead (nlilab.progress)
+        **distributed.trainer_settings(device, config.get("gradient_checkpointing", False)),
     )
     if train["group_by_length"]:
         kwargs["train_sampling_strategy"] = "group_by_length"
@@ -157,12 +162,26 @@ def _ordered_eval_trainer():
     class OrderedEvalTrainer(Trainer):
         """transformers 5 applies `group_by_length` to evaluation and prediction as well, through a *shuffled*
         length-grouped sampler: `predict` then returns rows in another order than the dataset's, and scoring them
-        against the dataset's labels is scoring against the wrong labels. Evaluation keeps the dataset's order."""
+        against the dataset's labels is scoring against the wrong labels. Evaluation keeps the dataset's order, in
+        several processes too (accelerate deals the sequential batches out to the processes, and gathering puts
+        them back in order).
+
+        A dataset with a ROW column (predict_rows) gets each row's index back in place of its label."""
 
         def _get_eval_sampler(self, eval_dataset):
-            if eval_dataset is None or self.args.world_size > 1:
+            if eval_dataset is None:
                 return super()._get_eval_sampler(eval_dataset)
             return SequentialSampler(eval_dataset)
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()  # the model's inputs: other columns are dropped
+            if ROW not in self._signature_columns:
+                self._signature_columns.append(ROW)
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            rows = inputs.pop(ROW, None)  # not a model input
+            loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+            return loss, logits, labels if rows is None else rows
 
     return OrderedEvalTrainer
 
@@ -184,8 +203,9 @@ def build_trainer(model, tokenizer, tokenized: dict, config: dict, seed: int, ru
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=_accuracy,
-        # the shared side of the timing windows' lock: another process's window pauses this one between steps
-        callbacks=[*trainer_callbacks(label), step_lock_callback()],
+        # the shared side of the timing windows' lock: another process's window pauses this one between steps;
+        # progress lines from one process of several
+        callbacks=[*(trainer_callbacks(label) if distributed.is_main() else []), step_lock_callback()],
     )
 
 
@@ -212,7 +232,8 @@ def fit_and_evaluate(model, tokenizer, tokenized: dict, data, config: dict, seed
     experiment writes it as run.json, then calls `remove_checkpoints`). `window`: time the method first (see
     `method_window`)."""
     run_dir = Path(run_dir)
-    window = window and config["train"]["window_steps"] > 0
+    # one process of several times the method: the window is one process on one core whatever trains after it
+    window = window and config["train"]["window_steps"] > 0 and distributed.is_main()
     timed = method_window(model, tokenizer, tokenized, config, seed, learning_rate) if window else None
     trainer = build_trainer(model, tokenizer, tokenized, config, seed, run_dir, learning_rate)
     resume = _last_checkpoint(run_dir)
@@ -231,17 +252,40 @@ def fit_and_evaluate(model, tokenizer, tokenized: dict, data, config: dict, seed
            "train_examples": len(tokenized["train"])}
     run.update(count_parameters(model))
     for split in (HELD_OUT, *EVAL_SPLITS):  # the final model, scored once on each
-        out = trainer.predict(tokenized[split])
-        logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
+        logits = predict_rows(trainer, tokenized[split], split)
         run[split] = score(data[split]["label"], np.argmax(logits, axis=-1), data[split]["genre"],
                            data[split]["pairID"])
     run.update(peak_memory_mb())
+    run["disk_size_bytes"] = save_model(model, save, run_dir, keep_model) if distributed.is_main() else None
+    return run
+
+
+def predict_rows(trainer, dataset, split: str = "rows"):
+    """The logits of every row of `dataset`, in the dataset's order. In several processes each scores its shard
+    of the batches and the Trainer gathers them, dropping the rows the last batches repeat to even the shards
+    out; each prediction carries its row's index back, so that a row scored twice or never is an error, never
+    a prediction scored against another row's label."""
+    count = len(dataset)
+    out = trainer.predict(dataset.add_column(ROW, list(range(count))))
+    logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
+    rows = np.asarray(out.label_ids).reshape(-1)
+    if not np.array_equal(np.sort(rows), np.arange(count)):
+        seen = np.bincount(rows[(rows >= 0) & (rows < count)], minlength=count)
+        raise NlilabError(f"{split}: {len(rows)} predictions came back for {count} rows ({int((seen == 0).sum())} "
+                          f"rows missing, {int((seen > 1).sum())} scored more than once); the processes' "
+                          "predictions were not gathered one per row")
+    return logits[np.argsort(rows, kind="stable")]
+
+
+def save_model(model, save, run_dir: Path, keep_model: bool) -> int:
+    """Save what reuse needs under run_dir/model (`save`, or the model's own save_pretrained); its size on disk.
+    Without `keep_model` the folder goes again: the size is still recorded."""
     model_dir = run_dir / "model"
     (save or model.save_pretrained)(str(model_dir))
-    run["disk_size_bytes"] = dir_size_bytes(model_dir)
+    size = dir_size_bytes(model_dir)
     if not keep_model:
         shutil.rmtree(model_dir, ignore_errors=True)
-    return run
+    return size
 
 
 def remove_checkpoints(run_dir: Path) -> None:
