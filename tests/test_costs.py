@@ -193,10 +193,14 @@ def test_a_window_gives_up_on_a_lock_held_too_long_and_says_so(lock_folder, monk
 
 
 def test_exclusive_sets_and_restores_threads_and_says_how_long_it_waited():
-    before = torch.get_num_threads()
-    with costs.exclusive(threads=1) as info:
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
+    suite = torch.get_num_threads()  # one, as tests/conftest.py sets it: from two, a restore can be seen
+    torch.set_num_threads(2)
+    try:
+        with costs.exclusive(threads=1) as info:
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(suite)
     assert info["exclusive"] is True and info["threads"] == 1 and info["waited_s"] < 1.0
 
 

@@ -8,7 +8,6 @@ import pytest
 
 from nlilab import EVAL_SPLITS
 from nlilab.params import load_profile
-from nlilab.run.runner import run_profile
 
 pytestmark = pytest.mark.slow
 
@@ -95,5 +94,4 @@ def test_progress_is_text_in_the_executed_notebooks(tiny_run):
 
 
 def test_unchanged_rerun_skips_everything(tiny_run):
-    outcomes = run_profile("tiny", results_dir=tiny_run.results_dir, reports_dir=tiny_run.reports_dir)
-    assert {o.status for o in outcomes} == {"skipped"}
+    assert {o.status for o in tiny_run.run()} == {"skipped"}

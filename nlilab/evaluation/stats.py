@@ -29,8 +29,14 @@ def _as_matrix(correct) -> np.ndarray:
 
 
 def _row_weights(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
-    """How often each row is drawn in `count` bootstrap resamples of n rows (count x n)."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=count).astype(float) / n
+    """How often each row is drawn in `count` bootstrap resamples of n rows (count x n), as a share of n.
+
+    The counts of n uniform draws with replacement are multinomial(n, 1/n each), the same distribution as
+    rng.multinomial gives; but that draws n - 1 binomials per resample, about five times slower than drawing the
+    n indices and counting them (one bincount for the chunk, each resample offset into its own n bins)."""
+    picks = rng.integers(0, n, size=(count, n))
+    picks += np.arange(count)[:, None] * n
+    return np.bincount(picks.ravel(), minlength=count * n).reshape(count, n) / n
 
 
 def _seed_means(rng: np.random.Generator, per_seed: np.ndarray) -> np.ndarray:
