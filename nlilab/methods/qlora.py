@@ -21,6 +21,16 @@ def _dtype(name: str):
     return getattr(torch, DTYPES[name])
 
 
+def nf4_config(compute_dtype: str, double_quant: bool = True, skip: tuple[str, ...] = ()):
+    """bitsandbytes' NF4 loading, computing in `compute_dtype` ('bf16', 'fp16', 'fp32'); `skip`: modules left out
+    of quantization. The QLoRA classifier and 4-bit prompting both load through it."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=_dtype(compute_dtype), bnb_4bit_use_double_quant=double_quant,
+                              llm_int8_skip_modules=list(skip) or None)
+
+
 # =========================================================================================== quantization
 @dataclass
 class Quantization:
@@ -37,10 +47,7 @@ class Quantization:
         if self.applied == "nf4":
             # The new head is created at load time: keep it out of quantization so that it trains in full
             # precision (and is saved as such).
-            return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                      bnb_4bit_compute_dtype=_dtype(self.compute_dtype),
-                                      bnb_4bit_use_double_quant=self.double_quant,
-                                      llm_int8_skip_modules=["score"])
+            return nf4_config(self.compute_dtype, self.double_quant, skip=("score",))
         if self.applied == "int8":
             return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["score"])
         return None

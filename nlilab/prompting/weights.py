@@ -7,7 +7,7 @@ The choice and its reason go into the experiment's config (`prompt_weights`), wh
 from __future__ import annotations
 
 from nlilab.errors import NlilabError
-from nlilab.methods.qlora import DTYPES
+from nlilab.methods.qlora import DTYPES, nf4_config
 from nlilab.models.memory import gpu_memory_bytes, plan_experiment, read_config
 
 
@@ -35,11 +35,8 @@ def load_kwargs(config: dict, path: str, device: str) -> dict:
     dtype = getattr(torch, DTYPES[config["precision"]])
     if choice["weights"] != "nf4":
         return {"dtype": dtype}
-    from transformers import BitsAndBytesConfig
-
     print(f"nlilab: {choice['why']}", flush=True)
     # NF4 with double quantization, computing in the run's precision; the output layer stays in 16 bits
     # (bitsandbytes leaves lm_head unquantized by default)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-                               bnb_4bit_use_double_quant=True)
+    quant = nf4_config(config["precision"])
     return {"dtype": dtype, "quantization_config": quant, "device_map": {"": torch.cuda.current_device()}}
