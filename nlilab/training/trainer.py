@@ -89,10 +89,18 @@ def epoch_history(steps: list[dict], evals: list[dict]) -> list[dict]:
     return rows
 
 
-def _accuracy(eval_pred):
-    logits, labels = eval_pred
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+class HeldOutAccuracy:
+    """The Trainer's `compute_metrics` for the held-out split: accuracy, and the latest evaluation's logits kept.
+    When that evaluation came after the last optimizer step it scored the final model on the same rows in the
+    same batches as a prediction would (fit_and_evaluate reuses it: for QLoRA on a CPU, minutes)."""
+
+    def __init__(self):
+        self.logits = None
+
+    def __call__(self, eval_pred):
+        logits, labels = eval_pred
+        self.logits = logits[0] if isinstance(logits, tuple) else logits
+        return {"accuracy": float((np.argmax(self.logits, axis=-1) == labels).mean())}
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -199,10 +207,10 @@ def build_trainer(model, tokenizer, tokenized: dict, config: dict, seed: int, ru
         model=model,
         args=args,
         train_dataset=tokenized["train"],
-        eval_dataset=tokenized[HELD_OUT] if evaluate else None,
+        eval_dataset=tokenized[HELD_OUT].select(longest_first(tokenized[HELD_OUT])) if evaluate else None,
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=_accuracy,
+        compute_metrics=HeldOutAccuracy(),
         # the shared side of the timing windows' lock: another process's window pauses this one between steps;
         # progress lines from one process of several
         callbacks=[*(trainer_callbacks(label) if distributed.is_main() else []), step_lock_callback()],
@@ -252,7 +260,8 @@ def fit_and_evaluate(model, tokenizer, tokenized: dict, data, config: dict, seed
            "train_examples": len(tokenized["train"])}
     run.update(count_parameters(model))
     for split in (HELD_OUT, *EVAL_SPLITS):  # the final model, scored once on each
-        logits = predict_rows(trainer, tokenized[split], split)
+        logits = final_evaluation(trainer, tokenized[split]) if split == HELD_OUT else None
+        logits = predict_rows(trainer, tokenized[split], split) if logits is None else logits
         run[split] = score(data[split]["label"], np.argmax(logits, axis=-1), data[split]["genre"],
                            data[split]["pairID"])
     run.update(peak_memory_mb())
@@ -260,13 +269,37 @@ def fit_and_evaluate(model, tokenizer, tokenized: dict, data, config: dict, seed
     return run
 
 
+def final_evaluation(trainer, held_out):
+    """The held-out split's logits, in its order, from the evaluation this process ran after the last optimizer
+    step; None where there was none (a resumed run, an evaluation schedule that ended earlier) or where several
+    processes evaluated (predict_rows checks their gather row by row)."""
+    metrics = trainer.compute_metrics
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    if (not isinstance(metrics, HeldOutAccuracy) or metrics.logits is None or not evals
+            or evals[-1]["step"] != trainer.state.global_step or distributed.world_size() > 1
+            or len(metrics.logits) != len(held_out)):
+        return None
+    logits = np.empty_like(metrics.logits)
+    logits[longest_first(held_out)] = metrics.logits  # evaluated longest first, as build_trainer ordered it
+    return logits
+
+
+def longest_first(dataset) -> np.ndarray:
+    """Row order for scoring, longest rows first. Each batch is padded to its own longest row: in the dataset's
+    order the bundled test sets' batches of 64 put 1.5 padded tokens through the model for each real one, sorted
+    1.1. The order is undone after prediction (predict_rows); the evaluation's accuracy and loss need no order."""
+    lengths = np.fromiter((len(ids) for ids in dataset["input_ids"]), dtype=np.int64, count=len(dataset))
+    return np.argsort(-lengths, kind="stable")
+
+
 def predict_rows(trainer, dataset, split: str = "rows"):
-    """The logits of every row of `dataset`, in the dataset's order. In several processes each scores its shard
-    of the batches and the Trainer gathers them, dropping the rows the last batches repeat to even the shards
-    out; each prediction carries its row's index back, so that a row scored twice or never is an error, never
-    a prediction scored against another row's label."""
+    """The logits of every row of `dataset`, in the dataset's order (scored longest first). In several processes
+    each scores its shard of the batches and the Trainer gathers them, dropping the rows the last batches repeat
+    to even the shards out; each prediction carries its row's index back, so that a row scored twice or never is
+    an error, never a prediction scored against another row's label."""
     count = len(dataset)
-    out = trainer.predict(dataset.add_column(ROW, list(range(count))))
+    order = longest_first(dataset)
+    out = trainer.predict(dataset.select(order).add_column(ROW, order.tolist()))
     logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
     rows = np.asarray(out.label_ids).reshape(-1)
     if not np.array_equal(np.sort(rows), np.arange(count)):
