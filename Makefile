@@ -3,7 +3,8 @@
 
 PROFILE ?= cpu
 JOBS    ?= auto
-# pytest-xdist workers of `make test`; tests that share the tiny profile's run (or a Ray node) stay on one
+# pytest-xdist workers of `make test`; each test module runs on one (its module fixtures, a Ray node, are built
+# once), and the tiny profile's run is shared by all (tests/conftest.py)
 TEST_WORKERS ?= 2
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
@@ -52,7 +53,7 @@ $(RAY_STAMP): $(STAMP)
 	@touch $(RAY_STAMP)
 
 test: $(STAMP) $(RAY_STAMP) browser
-	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadscope
 
 # The peer of the prompt-scoring benchmark (bench/prompt_scoring.py); not needed to run or test nlilab.
 bench-env: $(STAMP)
