@@ -3,9 +3,6 @@
 
 PROFILE ?= cpu
 JOBS    ?= auto
-# pytest-xdist workers of `make test`; each test module runs on one (its module fixtures, a Ray node, are built
-# once), and the tiny profile's run is shared by all (tests/conftest.py)
-TEST_WORKERS ?= 2
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -53,7 +50,7 @@ $(RAY_STAMP): $(STAMP)
 	@touch $(RAY_STAMP)
 
 test: $(STAMP) $(RAY_STAMP) browser
-	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadscope
+	$(PY) -m pytest -q --durations=25
 
 # The peer of the prompt-scoring benchmark (bench/prompt_scoring.py); not needed to run or test nlilab.
 bench-env: $(STAMP)

@@ -1,12 +1,9 @@
-"""Shared fixtures. `tiny_run` runs the tiny profile once per test session (a minute or two; once for all the
-pytest-xdist workers `make test` starts) for the end-to-end, report and browser tests to inspect;
-`private_timing_lock` keeps the suite's timing windows apart from every other nlilab process on the machine."""
+"""Shared fixtures. `tiny_run` runs the tiny profile once per test session (a minute or two) for the
+end-to-end, report and browser tests to inspect; `private_timing_lock` keeps the suite's timing windows apart
+from every other nlilab process on the machine."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reliability"))
 from rel_helpers import REPO, make_profile, snapshot  # noqa: E402
 
+
 @dataclass
 class TinyRun:
     results_dir: Path
@@ -23,7 +21,6 @@ class TinyRun:
     source: Path  # the snapshot of nlilab/ the run's cache keys hash (its notebooks/ beside it)
     profile_path: Path  # params/tiny.yaml, copied beside the snapshot
     outcomes: list = field(default_factory=list)
-    rerun_outcomes: list = field(default_factory=list)  # of a second, unchanged run right after the first
     profile: str = "tiny"
 
     @property
@@ -71,29 +68,10 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> TinyRun:
     """On a snapshot of nlilab/ and notebooks/ (rel_helpers.snapshot): the working tree may be edited while the
-    suite runs, and a rerun meant to skip everything would then rightly rerun the whole profile.
-
-    Under pytest-xdist the workers share one run: the first to need it runs it (on both cores: the runner's two
-    workers) while the others wait on the lock, then read its outcomes. The unchanged rerun happens here too,
-    under the lock, so that no test reads the report while a rerun rewrites it."""
-    from filelock import FileLock
-
-    from nlilab.run.execute import Outcome
-
-    root = tmp_path_factory.getbasetemp()
-    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # the session's, above each worker's
-    base = root / "tiny_run"
-    run = TinyRun(base / "results", base / "reports", base / "nlilab", base / "params" / "tiny.yaml")
-    done = base / "outcomes.json"
-    with FileLock(str(root / "tiny_run.lock")):
-        if not done.is_file():
-            base.mkdir(exist_ok=True)
-            snapshot(base)
-            make_profile(base, name="tiny", text=(REPO / "params" / "tiny.yaml").read_text(encoding="utf-8"))
-            first, second = run.run(), run.run()
-            done.write_text(json.dumps({"outcomes": [dataclasses.asdict(o) for o in first],
-                                        "rerun_outcomes": [dataclasses.asdict(o) for o in second]}))
-        saved = json.loads(done.read_text())
-    run.outcomes = [Outcome(**o) for o in saved["outcomes"]]
-    run.rerun_outcomes = [Outcome(**o) for o in saved["rerun_outcomes"]]
+    suite runs, and a rerun meant to skip everything would then rightly rerun the whole profile."""
+    base = tmp_path_factory.mktemp("tiny_run")
+    source = snapshot(base)
+    profile_path = make_profile(base, name="tiny", text=(REPO / "params" / "tiny.yaml").read_text(encoding="utf-8"))
+    run = TinyRun(base / "results", base / "reports", source, profile_path)
+    run.outcomes = run.run()
     return run
