@@ -41,7 +41,7 @@ def test_rows_are_scored_longest_first_and_come_back_in_dataset_order():
 
 def evaluated_trainer(eval_steps: list[int], global_step: int, logits=None):
     """A trainer whose HeldOutAccuracy saw one evaluation of the split, in longest-first order."""
-    metrics = HeldOutAccuracy()
+    metrics = HeldOutAccuracy(longest_first(dataset()))
     if logits is not None:
         labels = np.zeros(len(logits), dtype=int)
         metrics((logits, labels))

@@ -90,18 +90,28 @@ def epoch_history(steps: list[dict], evals: list[dict]) -> list[dict]:
 
 
 class HeldOutAccuracy:
-    """The Trainer's `compute_metrics` for the held-out split: accuracy, and the latest evaluation's logits kept.
+    """The Trainer's `compute_metrics` for the held-out split: accuracy, and the latest evaluation's logits kept,
+    put back in the split's own order (the Trainer evaluates its rows in `order`, build_trainer's longest first).
     When that evaluation came after the last optimizer step it scored the final model on the same rows in the
     same batches as a prediction would (fit_and_evaluate reuses it: a second pass was 113 s of the cpu profile's
     QLoRA run)."""
 
-    def __init__(self):
+    def __init__(self, order: np.ndarray | None = None):
+        self.order = order
         self.logits = None
 
     def __call__(self, eval_pred):
         logits, labels = eval_pred
-        self.logits = logits[0] if isinstance(logits, tuple) else logits
-        return {"accuracy": float((np.argmax(self.logits, axis=-1) == labels).mean())}
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        accuracy = float((np.argmax(logits, axis=-1) == labels).mean())
+        if self.order is None:
+            self.logits = logits
+        elif len(self.order) == len(logits):
+            self.logits = np.empty_like(logits)
+            self.logits[self.order] = logits
+        else:  # not the rows build_trainer ordered: final_evaluation then scores the split again
+            self.logits = None
+        return {"accuracy": accuracy}
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -198,20 +208,22 @@ def _ordered_eval_trainer():
 def build_trainer(model, tokenizer, tokenized: dict, config: dict, seed: int, run_dir: Path,
                   learning_rate: float | None = None, evaluate: bool = True):
     """The Trainer every trained method uses: dynamic padding (each batch padded to its own longest row),
-    length-grouped training batches, per-epoch evaluation on the held-out validation split (in dataset order;
-    the dev sets are test sets and are scored only once, after training). `evaluate=False` is for benchmarks."""
+    length-grouped training batches, per-epoch evaluation on the held-out validation split (its rows longest
+    first; the dev sets are test sets and are scored only once, after training). `evaluate=False` is for
+    benchmarks."""
     from transformers import DataCollatorWithPadding
 
     args = training_arguments(config, Path(run_dir), seed, resolve_device(config), learning_rate, evaluate)
     label = " ".join(filter(None, [config.get("name"), f"seed {seed}", learning_rate and f"lr {learning_rate:g}"]))
+    order = longest_first(tokenized[HELD_OUT]) if evaluate else None
     return _ordered_eval_trainer()(
         model=model,
         args=args,
         train_dataset=tokenized["train"],
-        eval_dataset=tokenized[HELD_OUT].select(longest_first(tokenized[HELD_OUT])) if evaluate else None,
+        eval_dataset=tokenized[HELD_OUT].select(order) if evaluate else None,
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=HeldOutAccuracy(),
+        compute_metrics=HeldOutAccuracy(order),
         # the shared side of the timing windows' lock: another process's window pauses this one between steps;
         # progress lines from one process of several
         callbacks=[*(trainer_callbacks(label) if distributed.is_main() else []), step_lock_callback()],
@@ -280,9 +292,7 @@ def final_evaluation(trainer, held_out):
             or evals[-1]["step"] != trainer.state.global_step or distributed.world_size() > 1
             or len(metrics.logits) != len(held_out)):
         return None
-    logits = np.empty_like(metrics.logits)
-    logits[longest_first(held_out)] = metrics.logits  # evaluated longest first, as build_trainer ordered it
-    return logits
+    return metrics.logits
 
 
 def longest_first(dataset) -> np.ndarray:
